@@ -1,0 +1,3 @@
+from ovlabel.cli import main
+
+main()

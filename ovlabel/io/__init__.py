@@ -1,0 +1,1 @@
+"""File input/output: images in, atomic writes out."""
