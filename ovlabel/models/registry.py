@@ -1,0 +1,208 @@
+"""The one registry of model strings.
+
+Syntax: ``FAMILY:ARCH[/WEIGHTS]``.
+
+- ``clip:ARCH/TAG`` an open_clip architecture and pretrained tag, e.g. ``clip:ViT-L-14/openai``
+  (FMbSeg's choice, seed 003 §4.1). Without a tag, ``openai`` when it exists.
+- ``sam:vit_h``, ``sam:vit_l``, ``sam:vit_b``: segment-anything with the official checkpoint.
+- ``WEIGHTS`` may instead be a local file (``clip:ViT-B-16/ckpt/model.bin``), an ``http(s)://`` URL
+  (downloaded once into ``$TORCH_HOME/hub/checkpoints``), or ``random`` (full-size architecture,
+  random weights: for timing only).
+- ``clip:tiny`` and ``sam:tiny``: tiny random-initialised models on the same code path, for tests and
+  offline demos. Their outputs are meaningless and runs record that in ``run.json``.
+
+OpenAI CLIP checkpoints need QuickGELU; for a local file of OpenAI weights name the ``-quickgelu``
+architecture (``clip:ViT-L-14-quickgelu/PATH``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ovlabel.errors import OvlabelError
+
+FAMILIES = ("clip", "sam")
+SAM_ARCHS = ("vit_h", "vit_l", "vit_b")
+
+#: ``--models`` presets: one spec per family.
+MODEL_PRESETS = {
+    "default": {"clip": "clip:ViT-L-14/openai", "sam": "sam:vit_h"},
+    "tiny": {"clip": "clip:tiny", "sam": "sam:tiny"},
+}
+
+#: Models ``ovlabel models`` lists (any open_clip ViT with a class token works, these are the usual ones).
+KNOWN_MODELS = (
+    ("clip:ViT-L-14/openai", "CLIP ViT-L/14, OpenAI weights (FMbSeg's choice, default)"),
+    ("clip:ViT-L-14-336/openai", "CLIP ViT-L/14 at 336 px, OpenAI weights"),
+    ("clip:ViT-B-16/openai", "CLIP ViT-B/16, OpenAI weights (OVSeg's small model)"),
+    ("clip:ViT-B-16/laion2b_s34b_b88k", "CLIP ViT-B/16, LAION-2B"),
+    ("clip:ViT-L-14/laion2b_s32b_b82k", "CLIP ViT-L/14, LAION-2B"),
+    ("clip:ViT-H-14/laion2b_s32b_b79k", "CLIP ViT-H/14, LAION-2B"),
+    ("clip:tiny", "tiny random CLIP for tests and offline demos (meaningless output)"),
+    ("sam:vit_h", "Segment Anything ViT-H, 2.4 GB (default)"),
+    ("sam:vit_l", "Segment Anything ViT-L, 1.2 GB"),
+    ("sam:vit_b", "Segment Anything ViT-B, 358 MB"),
+    ("sam:tiny", "tiny random SAM for tests and offline demos (meaningless output)"),
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model string.
+
+    ``kind`` is ``tiny``, ``random``, ``pretrained`` (a known tag / official checkpoint), ``url`` or
+    ``file``; ``weights`` is the tag, URL or absolute file path (empty for tiny/random).
+    """
+
+    family: str
+    arch: str
+    kind: str
+    weights: str
+
+    @property
+    def name(self) -> str:
+        if self.kind == "tiny":
+            return f"{self.family}:tiny"
+        return f"{self.family}:{self.arch}/{self.weights or self.kind}"
+
+    @property
+    def random_init(self) -> bool:
+        return self.kind in ("tiny", "random")
+
+
+def parse_model(value: str, family: str) -> ModelSpec:
+    """Parse a model string for ``family`` (``clip`` or ``sam``); the ``family:`` prefix is optional.
+
+    Raises :class:`OvlabelError` naming the bad part and the accepted values.
+    """
+    raw = value.strip()
+    prefix, colon, rest = raw.partition(":")
+    if colon and re.fullmatch(r"[a-z0-9_]+", prefix):
+        if prefix != family:
+            raise OvlabelError(f"model '{value}' is a {prefix} model but a {family} model is needed here")
+    else:
+        rest = raw
+    arch, _, weights = rest.partition("/")
+    arch = arch.strip()
+    if not arch:
+        raise OvlabelError(f"empty model name '{value}'; see `ovlabel models`")
+    if arch == "tiny":
+        if weights:
+            raise OvlabelError(f"'{value}': the tiny {family} model takes no weights")
+        return ModelSpec(family, "tiny", "tiny", "")
+    if family == "clip":
+        return _parse_clip(value, arch, weights)
+    if family == "sam":
+        return _parse_sam(value, arch, weights)
+    raise OvlabelError(f"unknown model family '{family}': use one of {', '.join(FAMILIES)}")
+
+
+def _weights_kind(value: str, family: str, arch: str, weights: str, known: list[str]) -> ModelSpec:
+    if weights == "random":
+        return ModelSpec(family, arch, "random", "")
+    if re.match(r"https?://", weights):
+        return ModelSpec(family, arch, "url", weights)
+    if weights in known:
+        return ModelSpec(family, arch, "pretrained", weights)
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return ModelSpec(family, arch, "file", str(path.resolve()))
+    raise OvlabelError(
+        f"weights '{weights}' in '{value}' are neither a known tag ({', '.join(known) or 'none'}), "
+        f"'random', an http(s) URL, nor an existing file"
+    )
+
+
+def _parse_clip(value: str, arch: str, weights: str) -> ModelSpec:
+    import open_clip
+
+    if arch not in open_clip.list_models():
+        near = [m for m in open_clip.list_models() if m.lower().startswith(arch.lower()[:5])][:8]
+        raise OvlabelError(
+            f"unknown CLIP architecture '{arch}' in '{value}'; open_clip knows e.g. {', '.join(near) or 'ViT-B-16, ViT-L-14'}"
+            f" (full list: python -c 'import open_clip; print(open_clip.list_models())')"
+        )
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if not weights:
+        if "openai" not in tags:
+            raise OvlabelError(f"'{value}': name the weights, e.g. clip:{arch}/{tags[0] if tags else 'PATH'}")
+        weights = "openai"
+    return _weights_kind(value, "clip", arch, weights, tags)
+
+
+def _parse_sam(value: str, arch: str, weights: str) -> ModelSpec:
+    if arch not in SAM_ARCHS:
+        raise OvlabelError(f"unknown SAM architecture '{arch}' in '{value}': use one of {', '.join(SAM_ARCHS)} or tiny")
+    if not weights:
+        return ModelSpec("sam", arch, "pretrained", "official")
+    return _weights_kind(value, "sam", arch, weights, ["official"])
+
+
+def resolve_models(preset: str, overrides: dict[str, str | None]) -> dict[str, ModelSpec]:
+    """Specs for every family: the ``--models`` preset, with per-family overrides (``--clip``, ``--sam``)."""
+    if preset not in MODEL_PRESETS:
+        raise OvlabelError(f"unknown --models preset '{preset}': use one of {', '.join(MODEL_PRESETS)}")
+    specs = {}
+    for family, default in MODEL_PRESETS[preset].items():
+        specs[family] = parse_model(overrides.get(family) or default, family)
+    return specs
+
+
+def weights_file(spec: ModelSpec) -> Path | None:
+    """Local weights file for ``spec`` (downloading it on first use); None for tiny/random models."""
+    from ovlabel.models import weights as w
+
+    if spec.random_init:
+        return None
+    if spec.kind == "file":
+        return Path(spec.weights)
+    if spec.kind == "url":
+        return w.fetch_url(spec.weights, spec.name, spec.family, spec.arch)
+    if spec.family == "clip":
+        return w.fetch_open_clip(spec.arch, spec.weights, spec.name)
+    return w.fetch_url(w.SAM_CHECKPOINT_URLS[spec.arch], spec.name, "sam", spec.arch)
+
+
+def cached_weights(spec: ModelSpec) -> Path | None:
+    """The local weights file if it is already present (never downloads)."""
+    from ovlabel.models import weights as w
+
+    if spec.random_init:
+        return None
+    if spec.kind == "file":
+        return Path(spec.weights)
+    if spec.kind == "url":
+        p = w.url_cache_path(spec.weights)
+    elif spec.family == "clip":
+        return w.open_clip_cached_file(spec.arch, spec.weights)
+    else:
+        p = w.url_cache_path(w.SAM_CHECKPOINT_URLS[spec.arch])
+    return p if p.is_file() else None
+
+
+def identity(spec: ModelSpec, path: Path | None) -> dict:
+    """Provenance of a loaded model: its string, weights source, file and SHA-256."""
+    from ovlabel.cache import file_sha256
+
+    return {
+        "spec": spec.name,
+        "family": spec.family,
+        "arch": spec.arch,
+        "weights": spec.weights or spec.kind,
+        "file": str(path) if path else None,
+        "sha256": file_sha256(path) if path else None,
+        "random_init": spec.random_init,
+    }
+
+
+def load_model(spec: ModelSpec, device, precision: str):
+    """Build the wrapper for ``spec`` on ``device`` (downloading weights on first use)."""
+    if spec.family == "clip":
+        from ovlabel.models.clip import load_clip
+
+        return load_clip(spec, device, precision)
+    from ovlabel.models.sam import load_sam
+
+    return load_sam(spec, device, precision)

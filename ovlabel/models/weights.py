@@ -1,0 +1,107 @@
+"""Where pretrained weights come from, and what to tell the user when they cannot be had.
+
+CLIP weights are fetched by open_clip (Hugging Face Hub into ``$HF_HOME``, or its URL cache
+``~/.cache/clip``); SAM checkpoints by ``torch.hub.download_url_to_file`` into
+``$TORCH_HOME/hub/checkpoints``. Both show a progress bar. Any failure (offline machine, firewall, HTTP
+error) becomes a :class:`WeightsUnavailable` naming the exact file and how to supply it by hand.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ovlabel.errors import WeightsUnavailable
+
+#: Official segment-anything checkpoints (README of facebookresearch/segment-anything).
+SAM_CHECKPOINT_URLS = {
+    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+}
+
+
+def torch_checkpoint_dir() -> Path:
+    """``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch/hub/checkpoints``)."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def url_cache_path(url: str) -> Path:
+    """Where a checkpoint downloaded from ``url`` is stored."""
+    return torch_checkpoint_dir() / os.path.basename(url.split("?")[0])
+
+
+def fetch_url(url: str, spec: str, family: str, arch: str) -> Path:
+    """Return the local copy of ``url``, downloading it (with a progress bar) on first use."""
+    import torch
+
+    dest = url_cache_path(url)
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(dest), progress=True)
+    except Exception as exc:  # URLError, HTTPError, OSError, ssl errors: all mean "not available"
+        raise WeightsUnavailable(
+            f"cannot download weights for {spec}: {url} ({type(exc).__name__}: {exc}).\n"
+            f"Needed file: {dest}\n"
+            f"Offline? Download {url} on a connected machine and copy it to {dest}, "
+            f"or pass a local file with --{family} {family}:{arch}/PATH/TO/{dest.name}"
+        ) from None
+    return dest
+
+
+def fetch_open_clip(arch: str, tag: str, spec: str) -> Path:
+    """Return the local weights file for open_clip ``arch`` with pretrained ``tag``, downloading it."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    try:
+        path = open_clip.download_pretrained(cfg)
+    except Exception as exc:
+        raise WeightsUnavailable(_open_clip_missing_message(arch, tag, spec, cfg, exc)) from None
+    if not path or not Path(path).is_file():
+        raise WeightsUnavailable(_open_clip_missing_message(arch, tag, spec, cfg, None))
+    return Path(path)
+
+
+def _open_clip_missing_message(arch: str, tag: str, spec: str, cfg: dict, exc: Exception | None) -> str:
+    where = []
+    if cfg.get("hf_hub"):
+        repo, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or "open_clip_pytorch_model.bin (or open_clip_model.safetensors)"
+        where.append(f"Hugging Face repo '{repo}', file {filename} (cached under $HF_HOME/hub)")
+    if cfg.get("url"):
+        where.append(f"URL {cfg['url']} (cached in ~/.cache/clip/)")
+    reason = f" ({type(exc).__name__}: {exc})" if exc else ""
+    return (
+        f"cannot obtain weights for {spec}{reason}.\n"
+        f"Needed: {' or '.join(where)}.\n"
+        f"Offline? Fetch that file on a connected machine (e.g. `huggingface-cli download {cfg.get('hf_hub', '').rstrip('/')}`), "
+        f"copy the Hugging Face cache over, or pass the file directly: --clip clip:{arch}/PATH/TO/FILE"
+    )
+
+
+def open_clip_cached_file(arch: str, tag: str) -> Path | None:
+    """The already-downloaded weights file for an open_clip tag, or None (never downloads)."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(cfg["hf_hub"])
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        if filename.endswith((".bin", ".pth")):
+            names.insert(0, filename[:-4] + ".safetensors")
+        for name in names:
+            hit = try_to_load_from_cache(repo, name)
+            if isinstance(hit, str) and os.path.isfile(hit):
+                return Path(hit)
+    if cfg.get("url"):
+        p = Path("~/.cache/clip").expanduser() / os.path.basename(cfg["url"])
+        if p.is_file():
+            return p
+    return None
