@@ -1,0 +1,238 @@
+"""The run directory: the one place that defines artifact names and schemas (the contract between stages).
+
+::
+
+    RUN/
+      manifest.parquet   one row per input image (MANIFEST_SCHEMA)
+      masks.parquet      one row per mask (MASKS_SCHEMA), RLE-encoded
+      coco.json          COCO instances, RLE segmentations, vocabulary as categories
+      labels/<rel>.png   uint8 label map per image: class index, 255 = unlabeled
+      run.json           provenance: version, models and weight digests, parameters, vocabulary
+      overlays/<rel>.jpg coloured overlays with a legend (optional)
+      parts/<settings>/<sha256>.parquet
+                         per-image results keyed by content hash: what makes runs resumable
+
+Class indices are 0-based positions in the vocabulary (the label-map value). COCO category ids are
+``class_index + 1`` because COCO reserves id 0. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ovlabel.io.atomic import atomic_path
+from ovlabel.masks import MaskSet
+
+IGNORE_INDEX = 255
+
+MANIFEST_SCHEMA = pa.schema([
+    ("image_id", pa.int64()),
+    ("file", pa.string()),  # POSIX path relative to the image root
+    ("sha256", pa.string()),  # content hash of the file bytes (null if unreadable)
+    ("width", pa.int32()),  # after EXIF orientation; null if undecodable
+    ("height", pa.int32()),
+    ("status", pa.string()),  # "ok" or "failed"
+    ("reason", pa.string()),  # why it failed, else null
+    ("label_file", pa.string()),  # relative to the run directory, null if failed
+    ("num_masks", pa.int32()),
+])
+
+_MASK_FIELDS = [
+    ("source", pa.string()),
+    ("class_index", pa.int32()),
+    ("score", pa.float32()),
+    ("rle_size", pa.list_(pa.int32(), 2)),  # [height, width]
+    ("rle_counts", pa.string()),  # pycocotools compressed RLE string
+    ("bbox_xyxy", pa.list_(pa.float32(), 4)),  # pixel edges
+    ("area", pa.int64()),
+    ("points", pa.list_(pa.list_(pa.float32(), 2))),  # prompt points (x, y), null if none
+]
+
+#: Per-image part files: the mask fields only.
+PART_SCHEMA = pa.schema(_MASK_FIELDS)
+
+MASKS_SCHEMA = pa.schema(
+    [("image_id", pa.int64()), ("mask_id", pa.int64()), ("category", pa.string())] + _MASK_FIELDS
+)
+
+
+class RunLayout:
+    """Paths inside a run directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.manifest = self.root / "manifest.parquet"
+        self.masks = self.root / "masks.parquet"
+        self.coco = self.root / "coco.json"
+        self.run_json = self.root / "run.json"
+        self.labels = self.root / "labels"
+        self.overlays = self.root / "overlays"
+        self.parts = self.root / "parts"
+
+    def part(self, settings_key: str, sha256: str) -> Path:
+        return self.parts / settings_key / f"{sha256}.parquet"
+
+    def read_run_json(self) -> dict | None:
+        try:
+            return json.loads(self.run_json.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+
+
+def label_names(rel_paths: list[str]) -> dict[str, str]:
+    """Label-map file name (relative to ``labels/``) for each image path: the path with its suffix
+    replaced by ``.png``; when two images would collide (``a.jpg`` and ``a.png``) both keep their
+    suffix (``a.jpg.png``, ``a.png.png``)."""
+    stems: dict[str, list[str]] = {}
+    for rel in rel_paths:
+        stems.setdefault(str(Path(rel).with_suffix(".png")), []).append(rel)
+    out = {}
+    for stem, rels in stems.items():
+        for rel in rels:
+            out[rel] = stem if len(rels) == 1 else rel + ".png"
+    return out
+
+
+def _mask_columns(ms: MaskSet) -> dict:
+    return {
+        "source": ms.source,
+        "class_index": ms.class_index,
+        "score": ms.scores,
+        "rle_size": [list(map(int, r["size"])) for r in ms.rles],
+        "rle_counts": [r["counts"] for r in ms.rles],
+        "bbox_xyxy": ms.boxes.tolist(),
+        "area": ms.areas,
+        "points": [None if p is None else np.asarray(p, np.float32).tolist() for p in ms.points],
+    }
+
+
+def _maskset_from_table(t: pa.Table) -> MaskSet:
+    d = t.to_pydict()
+    rles = [{"size": size, "counts": counts} for size, counts in zip(d["rle_size"], d["rle_counts"])]
+    points = [None if p is None else np.asarray(p, np.float32) for p in d["points"]]
+    return MaskSet(
+        rles, np.asarray(d["class_index"]), np.asarray(d["score"]), list(d["source"]),
+        np.asarray(d["bbox_xyxy"], np.float32).reshape(-1, 4), np.asarray(d["area"]), points,
+    )
+
+
+def write_parquet(path: Path, table: pa.Table) -> None:
+    """Atomic, deterministic Parquet write (same table, same bytes)."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def write_part(path: Path, masks: MaskSet, width: int, height: int) -> None:
+    """Store one image's masks; width and height ride in the schema metadata."""
+    meta = {b"ovlabel": json.dumps({"width": int(width), "height": int(height)}).encode()}
+    table = pa.Table.from_pydict(_mask_columns(masks), schema=PART_SCHEMA.with_metadata(meta))
+    write_parquet(path, table)
+
+
+def read_part(path: Path) -> tuple[MaskSet, int, int]:
+    """Inverse of :func:`write_part`: ``(masks, width, height)``."""
+    table = pq.read_table(path)
+    meta = json.loads(table.schema.metadata[b"ovlabel"])
+    return _maskset_from_table(table), meta["width"], meta["height"]
+
+
+def part_info(path: Path) -> tuple[int, int, int]:
+    """``(num_masks, width, height)`` of a part file from its footer alone (no mask data read)."""
+    meta = pq.ParquetFile(path).metadata
+    dims = json.loads(meta.metadata[b"ovlabel"])
+    return meta.num_rows, dims["width"], dims["height"]
+
+
+def write_manifest(path: Path, rows: list[dict]) -> None:
+    write_parquet(path, pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
+
+
+def read_manifest(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def write_masks_and_coco(
+    layout: RunLayout, images: list[dict], per_image, class_names: list[str], info: dict
+) -> int:
+    """Write ``masks.parquet`` and ``coco.json`` in one streaming pass; returns the number of masks.
+
+    ``images``: manifest rows of the labelled images (image_id, file, width, height), in id order;
+    ``per_image``: iterable of ``(image_id, MaskSet)`` in the same order. Memory stays flat: one image's
+    masks at a time. ``mask_id`` (Parquet) equals the COCO annotation ``id``; COCO ``category_id`` is
+    ``class_index + 1``; boxes become COCO ``xywh`` here and only here.
+    """
+    mask_id = 0
+    with atomic_path(layout.masks) as pq_tmp, atomic_path(layout.coco) as coco_tmp:
+        with pq.ParquetWriter(pq_tmp, MASKS_SCHEMA, compression="zstd") as writer, open(
+            coco_tmp, "w", encoding="utf-8"
+        ) as fh:
+            fh.write("{\n" + f'"info": {_j(info)},\n"licenses": [],\n"images": [\n')
+            fh.write(",\n".join(
+                _j({"id": r["image_id"], "file_name": r["file"], "width": r["width"], "height": r["height"]})
+                for r in images
+            ))
+            fh.write('\n],\n"annotations": [\n')
+            first = True
+            for image_id, ms in per_image:
+                n = len(ms)
+                if not n:
+                    continue
+                ids = list(range(mask_id + 1, mask_id + n + 1))
+                cols = {"image_id": [image_id] * n, "mask_id": ids, "category": [class_names[c] for c in ms.class_index]}
+                cols.update(_mask_columns(ms))
+                writer.write_table(pa.Table.from_pydict(cols, schema=MASKS_SCHEMA))
+                for i in range(n):
+                    x1, y1, x2, y2 = (float(v) for v in ms.boxes[i])
+                    ann = {
+                        "id": ids[i],
+                        "image_id": image_id,
+                        "category_id": int(ms.class_index[i]) + 1,
+                        "segmentation": {"size": list(map(int, ms.rles[i]["size"])), "counts": ms.rles[i]["counts"]},
+                        "area": int(ms.areas[i]),
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "iscrowd": 0,
+                        "score": round(float(ms.scores[i]), 6),
+                        "source": ms.source[i],
+                    }
+                    fh.write(("" if first else ",\n") + _j(ann))
+                    first = False
+                mask_id += n
+            cats = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(class_names)]
+            fh.write('\n],\n"categories": ' + _j(cats) + "\n}\n")
+    return mask_id
+
+
+def _j(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(", ", ": "))
+
+
+def read_masks(path: Path) -> dict[int, MaskSet]:
+    """``masks.parquet`` back into one MaskSet per image id."""
+    import pyarrow.compute as pc
+
+    table = pq.read_table(path)
+    out = {}
+    for image_id in sorted(set(table.column("image_id").to_pylist())):
+        out[int(image_id)] = _maskset_from_table(table.filter(pc.equal(table["image_id"], image_id)))
+    return out
+
+
+def write_label_png(path: Path, label_map: np.ndarray) -> None:
+    """Save a uint8 ``(H, W)`` label map as an 8-bit grayscale PNG (values are class indices)."""
+    from PIL import Image
+
+    assert label_map.dtype == np.uint8 and label_map.ndim == 2
+    with atomic_path(path) as tmp:
+        Image.fromarray(label_map).save(tmp, format="PNG")
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im)
