@@ -1,0 +1,1 @@
+"""Pipeline stages. Each is usable from Python without the CLI."""
