@@ -1,0 +1,264 @@
+"""``pseudo-label``: images in, a complete run directory out (Stage 1.1 today).
+
+The run is resumable by construction: each image's result is stored as a part file named by the image's
+content hash (``parts/<settings>/<sha256>.parquet``) the moment it is computed, and the dataset-level
+artifacts (manifest, masks.parquet, coco.json) are rebuilt from the parts at the end. Re-running the
+same command skips every image whose part exists; killing it loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ovlabel.artifacts import RunLayout, label_names, part_info, write_label_png, write_part
+from ovlabel.config import PseudoLabelConfig
+from ovlabel.errors import ImageDecodeError, OvlabelError
+from ovlabel.io.images import ImageEntry, decode_image, discover_images, read_file
+from ovlabel.vocab import load_templates, load_vocabulary
+
+
+@dataclass
+class RunSummary:
+    """What a run did: image counts, failures as (file, reason), masks written, model pass counters."""
+
+    out: Path
+    total: int = 0
+    new: int = 0
+    reused: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    new_files: set[str] = field(default_factory=set)
+    masks: int = 0
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def labelled(self) -> int:
+        return self.new + self.reused
+
+    def describe(self) -> str:
+        return (
+            f"{self.total} images: {self.labelled} labelled ({self.new} new, {self.reused} already done), "
+            f"{len(self.failures)} failed; {self.masks} masks -> {self.out}"
+        )
+
+
+def check_output_dir(out: Path, source_root: Path, source_kind: str) -> None:
+    """Refuse output folders that would clobber or feed back into the input."""
+    out = out.expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise OvlabelError(f"--out '{out}' exists and is a file; give a folder")
+    if source_kind == "folder" and (out == source_root or source_root in out.parents):
+        raise OvlabelError(
+            f"--out '{out}' is inside the input folder '{source_root}': its label maps and overlays would be "
+            f"read as input images next time; choose an output folder outside the input"
+        )
+    if out.is_dir() and any(out.iterdir()) and not RunLayout(out).run_json.exists():
+        raise OvlabelError(
+            f"--out '{out}' is a non-empty folder that is not an ovlabel run (no run.json); "
+            f"choose a new or empty folder"
+        )
+
+
+def settings_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _changed(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if old.get(k) != new.get(k)]
+
+
+class _Models:
+    """Loads CLIP, SAM and the class text features on first use, so a run with nothing to do loads nothing."""
+
+    def __init__(self, cfg: PseudoLabelConfig, specs: dict, vocab, templates, injected: dict | None):
+        from ovlabel.device import resolve_device, resolve_precision
+
+        self.cfg, self.specs, self.vocab, self.templates = cfg, specs, vocab, templates
+        self.injected = injected
+        self.stage = None
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+
+    def get(self):
+        if self.stage is None:
+            from ovlabel.models.registry import load_model
+            from ovlabel.stages.detect import QuerySamWithClip
+            from ovlabel.text import class_text_features
+
+            if self.injected:
+                clip, sam = self.injected["clip"], self.injected["sam"]
+            else:
+                clip = load_model(self.specs["clip"], self.device, self.precision)
+                sam = load_model(self.specs["sam"], self.device, self.precision)
+            text = class_text_features(clip, self.vocab, self.templates)
+            self.stage = QuerySamWithClip(clip, sam, text, self.cfg.detect)
+        return self.stage
+
+    def identities(self) -> dict | None:
+        if self.stage is None:
+            return None
+        return {"clip": self.stage.clip.identity, "sam": self.stage.sam.identity}
+
+    def stats(self) -> dict:
+        if self.stage is None:
+            return {}
+        return dict(self.stage.clip.stats) | dict(self.stage.sam.stats)
+
+
+def run(inputs: str | Path, out: str | Path, cfg: PseudoLabelConfig, models: dict | None = None) -> RunSummary:
+    """Label every image under ``inputs`` into the run directory ``out``.
+
+    ``models`` may inject ready model objects ``{"clip": ..., "sam": ...}`` (tests, notebooks); by default
+    they are built from ``cfg``. Raises :class:`OvlabelError` for bad input; a bad image is recorded in
+    the manifest and skipped.
+    """
+    from ovlabel.models.registry import resolve_models
+    from ovlabel.runinfo import finalize, start_run_json
+
+    out = Path(out).expanduser().resolve()
+    layout = RunLayout(out)
+    vocab = load_vocabulary(cfg.vocab)
+    templates = load_templates(cfg.templates)
+    specs = resolve_models(cfg.models, {"clip": cfg.clip, "sam": cfg.sam})
+    lazy = _Models(cfg, specs, vocab, templates, models)  # validates --device/--precision, loads nothing
+    source = discover_images(inputs, exclude=out)
+    check_output_dir(out, source.root, source.kind)
+    model_names = (
+        {f: m.identity["spec"] for f, m in models.items()} if models else {f: s.name for f, s in specs.items()}
+    )
+    settings = {
+        "stages": ["1.1"],
+        "vocabulary": vocab.to_json(),
+        "templates": templates.to_json(),
+        "models": model_names,
+        "detect": cfg.detect.result_params(),
+    }
+    key = settings_key(settings)
+    prev = layout.read_run_json()
+    if prev and prev.get("settings_key") != key and not cfg.overwrite:
+        changed = _changed(prev.get("settings", {}), settings)
+        raise OvlabelError(
+            f"'{out}' holds a run made with different settings (changed: {', '.join(changed) or 'format'}); "
+            f"pass --overwrite to relabel it with the new settings, or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite:
+        shutil.rmtree(layout.parts / key, ignore_errors=True)
+    start_run_json(layout, prev, inputs, source, settings, key)
+
+    summary = RunSummary(out=out, total=len(source.entries))
+    names = label_names([e.rel for e in source.entries])
+    rows = _label_images(layout, key, source.entries, names, cfg, lazy, summary)
+    summary.stats = lazy.stats()
+    finalize(layout, key, source, rows, vocab, settings, lazy, cfg, summary)
+    return summary
+
+
+def _label_images(layout, key, entries, names, cfg, lazy: _Models, summary: RunSummary) -> list[dict]:
+    """Process every entry; returns manifest rows (without image ids) in entry order."""
+    from tqdm import tqdm
+
+    rows: dict[str, dict] = {}
+    batch: list[tuple[ImageEntry, str, np.ndarray]] = []
+    bar = tqdm(total=len(entries), unit="img", desc="pseudo-label", disable=not cfg.progress, dynamic_ncols=True)
+
+    def record(entry, sha, status, reason=None, width=None, height=None, n=0):
+        rows[entry.rel] = {
+            "file": entry.rel, "sha256": sha, "width": width, "height": height, "status": status,
+            "reason": reason, "label_file": f"labels/{names[entry.rel]}" if status == "ok" else None, "num_masks": n,
+        }
+        if status == "failed":
+            summary.failures.append((entry.rel, reason))
+        bar.update(1)
+        bar.set_postfix(new=summary.new, done=summary.reused, failed=len(summary.failures), refresh=False)
+
+    def flush():
+        for entry, sha, result, error in _process_batch(lazy, batch):
+            if error is not None:
+                record(entry, sha, "failed", error)
+                continue
+            masks, (h, w) = result
+            write_part(layout.part(key, sha), masks, w, h)
+            write_label_png(layout.labels / names[entry.rel], masks.label_map(h, w))
+            summary.new += 1
+            summary.new_files.add(entry.rel)
+            record(entry, sha, "ok", width=w, height=h, n=len(masks))
+        batch.clear()
+
+    def load(entry: ImageEntry):
+        try:
+            data, sha = read_file(entry.path)
+        except ImageDecodeError as exc:
+            return entry, None, None, str(exc)
+        if layout.part(key, sha).exists():
+            return entry, sha, None, None
+        try:
+            return entry, sha, decode_image(data), None
+        except ImageDecodeError as exc:
+            return entry, sha, None, str(exc)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for entry, sha, image, error in _prefetch(pool, load, entries, depth=2 * cfg.image_batch):
+            if error is not None:
+                record(entry, sha, "failed", error)
+            elif image is None:  # already done in an earlier run
+                n, w, h = part_info(layout.part(key, sha))  # its label map is checked in finalize
+                summary.reused += 1
+                record(entry, sha, "ok", width=w, height=h, n=n)
+            else:
+                batch.append((entry, sha, image))
+                if len(batch) >= cfg.image_batch:
+                    flush()
+        if batch:
+            flush()
+    bar.close()
+    return [rows[e.rel] for e in entries]
+
+
+def _prefetch(pool, fn, items, depth: int):
+    """``map(fn, items)`` on a thread pool, in order, with at most ``depth`` items in flight."""
+    pending = []
+    it = iter(items)
+    for item in it:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= depth:
+            break
+    for item in it:
+        yield pending.pop(0).result()
+        pending.append(pool.submit(fn, item))
+    for fut in pending:
+        yield fut.result()
+
+
+def _process_batch(lazy: _Models, batch):
+    """Run Stage 1.1 on a batch; if the batch fails, retry image by image so one bad image cannot sink
+    the others. Yields ``(entry, sha, (masks, (h, w)) or None, error or None)``."""
+    import torch
+
+    stage = lazy.get()
+    images = [img for _, _, img in batch]
+    try:
+        with torch.inference_mode():
+            results = stage.process(images)
+        for (entry, sha, img), res in zip(batch, results):
+            yield entry, sha, (res.masks, img.shape[:2]), None
+        return
+    except (OvlabelError, KeyboardInterrupt):
+        raise
+    except Exception:
+        if len(batch) == 1:
+            entry, sha, img = batch[0]
+            import traceback
+
+            err = traceback.format_exc(limit=1).strip().splitlines()[-1]
+            yield entry, sha, None, f"processing error: {err}"
+            return
+    for item in batch:
+        yield from _process_batch(lazy, [item])
