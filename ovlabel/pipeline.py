@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,27 +239,23 @@ def _prefetch(pool, fn, items, depth: int):
 
 
 def _process_batch(lazy: _Models, batch):
-    """Run Stage 1.1 on a batch; if the batch fails, retry image by image so one bad image cannot sink
-    the others. Yields ``(entry, sha, (masks, (h, w)) or None, error or None)``."""
+    """Run Stage 1.1 on a batch; if the batch fails (say, out of memory), retry image by image so one bad
+    image cannot sink the others. Yields ``(entry, sha, (masks, (h, w)) or None, error or None)``."""
     import torch
 
     stage = lazy.get()
-    images = [img for _, _, img in batch]
     try:
         with torch.inference_mode():
-            results = stage.process(images)
-        for (entry, sha, img), res in zip(batch, results):
-            yield entry, sha, (res.masks, img.shape[:2]), None
-        return
-    except (OvlabelError, KeyboardInterrupt):
+            results = stage.process([img for _, _, img in batch])
+    except OvlabelError:
         raise
     except Exception:
-        if len(batch) == 1:
-            entry, sha, img = batch[0]
-            import traceback
-
-            err = traceback.format_exc(limit=1).strip().splitlines()[-1]
-            yield entry, sha, None, f"processing error: {err}"
+        if len(batch) > 1:
+            for item in batch:
+                yield from _process_batch(lazy, [item])
             return
-    for item in batch:
-        yield from _process_batch(lazy, [item])
+        entry, sha, _ = batch[0]
+        yield entry, sha, None, "processing error: " + traceback.format_exc(limit=1).strip().splitlines()[-1]
+        return
+    for (entry, sha, img), res in zip(batch, results):
+        yield entry, sha, (res.masks, img.shape[:2]), None

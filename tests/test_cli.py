@@ -122,6 +122,29 @@ def test_interrupted_run_resumes_without_redoing_or_losing_images(image_folder, 
     assert artifact_bytes(out) == artifact_bytes(reference)
 
 
+def test_an_image_that_breaks_the_model_is_recorded_and_the_batch_survives(image_folder, tmp_path, monkeypatch):
+    from ovlabel.stages import detect
+
+    real = detect.QuerySamWithClip.process
+
+    def fails_on_wide_images(self, images):
+        if any(im.shape[1] == 600 for im in images):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(self, images)
+
+    monkeypatch.setattr(detect.QuerySamWithClip, "process", fails_on_wide_images)
+    out = tmp_path / "run"
+    res = label(image_folder, out, "--image-batch", "8")
+    assert res.exit_code == 0, res.output
+    assert "5 images: 4 labelled (4 new, 0 already done), 1 failed" in res.output
+    rows = {r["file"]: r for r in pq.read_table(out / "manifest.parquet").to_pylist()}
+    assert rows["wide.bmp"]["status"] == "failed"
+    assert rows["wide.bmp"]["reason"] == "processing error: RuntimeError: CUDA out of memory (simulated)"
+    monkeypatch.setattr(detect.QuerySamWithClip, "process", real)
+    res = label(image_folder, out)  # the failed image is retried next time
+    assert "5 labelled (1 new, 4 already done), 0 failed" in res.output
+
+
 def test_rerun_is_a_no_op_and_overwrite_redoes(image_folder, tmp_path):
     out = tmp_path / "run"
     assert label(image_folder, out).exit_code == 0
