@@ -97,10 +97,14 @@ def finalize(layout: RunLayout, key: str, source, rows: list[dict], vocab, setti
         write_manifest(layout.manifest, rows)
     summary.masks = sum(r["num_masks"] for r in ok)
     _prune(layout, key, ok)
+    relabelled = summary.new_files | stale_labels
     if cfg.overlays:
-        redo = summary.new_files | stale_labels
-        todo = [r for r in ok if r["file"] in redo or not _overlay_path(layout, r).exists()]
+        todo = [r for r in ok if r["file"] in relabelled or not _overlay_path(layout, r).exists()]
         write_overlays(layout, source.root, todo, vocab.names)
+    else:  # an overlay that no longer matches its label map is worse than none
+        for r in ok:
+            if r["file"] in relabelled:
+                _overlay_path(layout, r).unlink(missing_ok=True)
 
     models = lazy.identities() or doc.get("models")
     runtime = {"device": str(lazy.device), "precision": lazy.precision, "versions": _versions()}

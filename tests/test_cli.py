@@ -161,7 +161,8 @@ def test_rerun_is_a_no_op_and_overwrite_redoes(image_folder, tmp_path):
 
 def test_changed_and_removed_images_update_only_themselves(image_folder, tmp_path):
     out = tmp_path / "run"
-    assert label(image_folder, out).exit_code == 0
+    assert label(image_folder, out, "--overlays").exit_code == 0
+    untouched = (out / "labels" / "wide.png").stat().st_mtime_ns
     (image_folder / "tiny.png").unlink()
     save(image_folder / "a.jpg", blocks_image(50, 50, [(0, 250, 0)]))
     save(image_folder / "new.png", blocks_image(40, 60, [(0, 0, 0), (255, 255, 255)]))
@@ -171,6 +172,10 @@ def test_changed_and_removed_images_update_only_themselves(image_folder, tmp_pat
     assert sorted(r["file"] for r in manifest) == ["a.jpg", "new.png", "sub/b.png", "sub/deeper/c.webp", "wide.bmp"]
     assert not (out / "labels" / "tiny.png").exists()
     assert read_label_png(out / "labels" / "a.png").shape == (50, 50)
+    assert not (out / "overlays" / "tiny.jpg").exists()
+    assert not (out / "overlays" / "a.jpg").exists()  # relabelled without --overlays: stale overlay removed
+    assert (out / "overlays" / "wide.jpg").exists()
+    assert (out / "labels" / "wide.png").stat().st_mtime_ns == untouched
     assert len(list((out / "parts").rglob("*.parquet"))) == 5
 
 
