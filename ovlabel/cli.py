@@ -112,7 +112,7 @@ def show(
 @app.command("models")
 def list_models():
     """List known models and whether their weights are already in the local caches."""
-    from ovlabel.models.registry import KNOWN_MODELS, cached_weights, parse_model
+    from ovlabel.models.registry import KNOWN_MODELS, parse_model, weights_file
 
     typer.echo(f"{'model':34} {'cached':8} description")
     for name, desc in KNOWN_MODELS:
@@ -120,7 +120,7 @@ def list_models():
         if spec.random_init:
             state = "builtin"
         else:
-            state = "yes" if cached_weights(spec) else "no"
+            state = "yes" if weights_file(spec, download=False) else "no"
         typer.echo(f"{name:34} {state:8} {desc}")
     typer.echo(
         "\nWeights download on first use into $HF_HOME (CLIP) and $TORCH_HOME/hub/checkpoints (SAM).\n"

@@ -245,11 +245,18 @@ def test_list_file_input_and_show_command(image_folder, tmp_path):
     assert sorted(p.relative_to(out / "overlays").as_posix() for p in (out / "overlays").rglob("*.jpg")) == ["a.jpg", "sub/b.jpg"]
 
 
-def test_models_and_vocab_commands():
+def test_models_and_vocab_commands(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 0
     assert re.search(r"clip:ViT-L-14/openai\s+no", res.output)
+    assert re.search(r"sam:vit_b\s+no", res.output)
     assert re.search(r"sam:tiny\s+builtin", res.output)
+    ckpt = tmp_path / "hub" / "checkpoints" / "sam_vit_b_01ec64.pth"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"weights")
+    res = runner.invoke(app, ["models"])
+    assert re.search(r"sam:vit_b\s+yes", res.output) and re.search(r"sam:vit_h\s+no", res.output)
     res = runner.invoke(app, ["vocab"])
     assert "coco-stuff" in res.output and "vild" in res.output
     res = runner.invoke(app, ["vocab", "voc-bg"])

@@ -150,36 +150,22 @@ def resolve_models(preset: str, overrides: dict[str, str | None]) -> dict[str, M
     return specs
 
 
-def weights_file(spec: ModelSpec) -> Path | None:
-    """Local weights file for ``spec`` (downloading it on first use); None for tiny/random models."""
+def weights_file(spec: ModelSpec, download: bool = True) -> Path | None:
+    """Local weights file for ``spec``: downloaded on first use, or with ``download=False`` only if it is
+    already cached (else None). None for tiny/random models."""
     from ovlabel.models import weights as w
 
     if spec.random_init:
         return None
     if spec.kind == "file":
         return Path(spec.weights)
-    if spec.kind == "url":
-        return w.fetch_url(spec.weights, spec.name, spec.family, spec.arch)
-    if spec.family == "clip":
-        return w.fetch_open_clip(spec.arch, spec.weights, spec.name)
-    return w.fetch_url(w.SAM_CHECKPOINT_URLS[spec.arch], spec.name, "sam", spec.arch)
-
-
-def cached_weights(spec: ModelSpec) -> Path | None:
-    """The local weights file if it is already present (never downloads)."""
-    from ovlabel.models import weights as w
-
-    if spec.random_init:
-        return None
-    if spec.kind == "file":
-        return Path(spec.weights)
-    if spec.kind == "url":
-        p = w.url_cache_path(spec.weights)
-    elif spec.family == "clip":
-        return w.open_clip_cached_file(spec.arch, spec.weights)
-    else:
-        p = w.url_cache_path(w.SAM_CHECKPOINT_URLS[spec.arch])
-    return p if p.is_file() else None
+    if spec.family == "clip" and spec.kind == "pretrained":
+        return w.fetch_open_clip(spec.arch, spec.weights, spec.name) if download else w.open_clip_cached_file(spec.arch, spec.weights)
+    url = spec.weights if spec.kind == "url" else w.SAM_CHECKPOINT_URLS[spec.arch]
+    if download:
+        return w.fetch_url(url, spec.name, spec.family, spec.arch)
+    path = w.url_cache_path(url)
+    return path if path.is_file() else None
 
 
 def identity(spec: ModelSpec, path: Path | None) -> dict:
