@@ -134,6 +134,13 @@ def test_folder_is_searched_recursively_skipping_hidden_and_non_images(tmp_path)
     assert [e.rel for e in src.entries] == ["a/b/d.webp", "a/c.png", "b.JPG", "e.tiff", "f.bmp", "g.jpeg", "h.tif"]
 
 
+def test_symlink_cycles_are_walked_once(tmp_path):
+    save(tmp_path / "imgs" / "sub" / "a.png", RGB)
+    (tmp_path / "imgs" / "sub" / "loop").symlink_to(tmp_path / "imgs", target_is_directory=True)
+    src = discover_images(tmp_path / "imgs")
+    assert [e.rel for e in src.entries] == ["sub/a.png"]
+
+
 def test_output_folder_inside_input_is_not_discovered(tmp_path):
     save(tmp_path / "a.png", RGB)
     save(tmp_path / "run" / "labels" / "a.png", RGB[..., 0])

@@ -73,11 +73,17 @@ def discover_images(inputs: str | os.PathLike, exclude: str | os.PathLike | None
 
 def _walk_folder(root: Path, excluded: Path | None) -> list[ImageEntry]:
     entries = []
+    seen = {root.resolve()}  # symlinked folders are followed, but each real folder once (no cycles)
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = Path(dirpath)
-        dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and (excluded is None or (here / d).resolve() != excluded)
-        )
+        keep = []
+        for d in sorted(dirnames):
+            real = (here / d).resolve()
+            if d.startswith(".") or real == excluded or real in seen:
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirnames[:] = keep
         for name in filenames:
             if name.startswith(".") or not _is_image_name(name):
                 continue
