@@ -212,14 +212,16 @@ def _j(obj) -> str:
 
 
 def read_masks(path: Path) -> dict[int, MaskSet]:
-    """``masks.parquet`` back into one MaskSet per image id."""
-    import pyarrow.compute as pc
-
+    """``masks.parquet`` back into one MaskSet per image id (masks in file order), in one pass."""
     table = pq.read_table(path)
-    out = {}
-    for image_id in sorted(set(table.column("image_id").to_pylist())):
-        out[int(image_id)] = _maskset_from_table(table.filter(pc.equal(table["image_id"], image_id)))
-    return out
+    ids = np.asarray(table.column("image_id"))
+    order = np.argsort(ids, kind="stable")
+    uniq, starts = np.unique(ids[order], return_index=True)
+    bounds = list(starts[1:]) + [len(ids)]
+    return {
+        int(image_id): _maskset_from_table(table.take(order[a:b]))
+        for image_id, a, b in zip(uniq, starts, bounds)
+    }
 
 
 def write_label_png(path: Path, label_map: np.ndarray) -> None:
