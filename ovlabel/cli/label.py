@@ -1,47 +1,17 @@
-"""The ``ovlabel`` command line. Thin by design: typed options, one call into a stage function, an exit code.
-
-Importing this module must not import torch (``ovlabel --help`` stays instant); commands import their
-stage lazily. Exit codes: 0 success, 1 every image failed, 2 bad input or options (message, no traceback).
-"""
+"""Labelling commands: ``pseudo-label`` and ``show``."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ovlabel import __version__
+from ovlabel.cli._app import _guard, _heavy_setup, app
 from ovlabel.config import DetectConfig, PseudoLabelConfig
-from ovlabel.errors import OvlabelError
-
-app = typer.Typer(
-    name="ovlabel",
-    help="Annotation-free semantic-segmentation labels from frozen foundation models (CLIP, SAM, ...).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
 
 _D = DetectConfig()
 _P = PseudoLabelConfig()
-
-
-def _version(value: bool):
-    if value:
-        typer.echo(f"ovlabel {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _main(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
-    ] = False,
-):
-    """ovlabel: label image datasets for semantic segmentation with no human annotation."""
 
 
 def _default_out(images: Path) -> Path:
@@ -107,66 +77,3 @@ def show(
 
     n, dest = _guard(lambda: show_run(run_dir, images))
     typer.echo(f"{n} overlays -> {dest}")
-
-
-@app.command("models")
-def list_models():
-    """List known models and whether their weights are already in the local caches."""
-    from ovlabel.models.registry import KNOWN_MODELS, parse_model, weights_file
-
-    typer.echo(f"{'model':34} {'cached':8} description")
-    for name, desc in KNOWN_MODELS:
-        spec = parse_model(name, name.split(":")[0])
-        if spec.random_init:
-            state = "builtin"
-        else:
-            state = "yes" if weights_file(spec, download=False) else "no"
-        typer.echo(f"{name:34} {state:8} {desc}")
-    typer.echo(
-        "\nWeights download on first use into $HF_HOME (CLIP) and $TORCH_HOME/hub/checkpoints (SAM).\n"
-        "Offline: copy those caches over, or pass files: --clip clip:ViT-L-14-quickgelu/PATH --sam sam:vit_h/PATH"
-    )
-
-
-@app.command("vocab")
-def vocab_cmd(
-    name: Annotated[Optional[str], typer.Argument(help="A preset, file or comma list to print; omit to list presets.")] = None,
-):
-    """List vocabulary presets and template sets, or print the classes of one vocabulary."""
-    from ovlabel.vocab import PRESET_VOCABULARIES, TEMPLATE_SETS, load_vocabulary
-
-    if name is None:
-        typer.echo("vocabularies:")
-        for k, v in PRESET_VOCABULARIES.items():
-            typer.echo(f"  {k:20} {v}")
-        typer.echo("template sets:")
-        for k, v in TEMPLATE_SETS.items():
-            typer.echo(f"  {k:20} {v}")
-        return
-    voc = _guard(lambda: load_vocabulary(name))
-    for i, c in enumerate(voc.classes):
-        typer.echo(f"{i:4d} {', '.join(c.synonyms)}")
-
-
-def _guard(fn):
-    """Run ``fn``; a user-facing error becomes a message on stderr and exit code 2."""
-    try:
-        return fn()
-    except OvlabelError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-def _heavy_setup() -> None:
-    import torch
-
-    # Random-initialised (tiny) models can produce denormals that slow CPU kernels ~12x.
-    torch.set_flush_denormal(True)
-
-
-def main() -> None:
-    app(prog_name="ovlabel")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
