@@ -51,6 +51,8 @@ _MASK_FIELDS = [
     ("bbox_xyxy", pa.list_(pa.float32(), 4)),  # pixel edges
     ("area", pa.int64()),
     ("points", pa.list_(pa.list_(pa.float32(), 2))),  # prompt points (x, y), null if none
+    ("topk_classes", pa.list_(pa.int32())),  # classifier's best class indices, best first; null if none
+    ("topk_scores", pa.list_(pa.float32())),  # their probabilities (over the image's detected classes)
 ]
 
 #: Per-image part files: the mask fields only.
@@ -108,6 +110,8 @@ def _mask_columns(ms: MaskSet) -> dict:
         "bbox_xyxy": ms.boxes.tolist(),
         "area": ms.areas,
         "points": [None if p is None else np.asarray(p, np.float32).tolist() for p in ms.points],
+        "topk_classes": [None if t is None else np.asarray(t[0], np.int32).tolist() for t in ms.topk],
+        "topk_scores": [None if t is None else np.asarray(t[1], np.float32).tolist() for t in ms.topk],
     }
 
 
@@ -115,9 +119,12 @@ def _maskset_from_table(t: pa.Table) -> MaskSet:
     d = t.to_pydict()
     rles = [{"size": size, "counts": counts} for size, counts in zip(d["rle_size"], d["rle_counts"])]
     points = [None if p is None else np.asarray(p, np.float32) for p in d["points"]]
+    n = len(rles)
+    classes, probs = d.get("topk_classes", [None] * n), d.get("topk_scores", [None] * n)  # absent before 0.2
+    topk = [None if c is None else (np.asarray(c, np.int32), np.asarray(p, np.float32)) for c, p in zip(classes, probs)]
     return MaskSet(
         rles, np.asarray(d["class_index"]), np.asarray(d["score"]), list(d["source"]),
-        np.asarray(d["bbox_xyxy"], np.float32).reshape(-1, 4), np.asarray(d["area"]), points,
+        np.asarray(d["bbox_xyxy"], np.float32).reshape(-1, 4), np.asarray(d["area"]), points, topk,
     )
 
 

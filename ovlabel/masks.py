@@ -15,6 +15,7 @@ from pycocotools import mask as mask_utils
 
 #: Stage names recorded in the ``source`` column.
 SOURCE_STAGE_1_1 = "stage1.1"
+SOURCE_STAGE_1_2 = "stage1.2"
 
 
 @dataclass
@@ -27,6 +28,8 @@ class MaskSet:
     - ``source``: list of N stage names
     - ``boxes``: float32 ``(N, 4)`` xyxy pixel edges; ``areas``: int64 ``(N,)`` pixel counts
     - ``points``: per mask, float32 ``(K, 2)`` (x, y) prompt points in pixels, or None
+    - ``topk``: per mask, the classifier's best classes and their probabilities as
+      ``(int32 (k,), float32 (k,))``, best first, or None (Stage 1.1 masks are queried for one class)
     """
 
     rles: list[dict]
@@ -36,6 +39,7 @@ class MaskSet:
     boxes: np.ndarray
     areas: np.ndarray
     points: list[np.ndarray | None] = field(default_factory=list)
+    topk: list[tuple[np.ndarray, np.ndarray] | None] = field(default_factory=list)
 
     def __post_init__(self):
         n = len(self.rles)
@@ -45,7 +49,9 @@ class MaskSet:
         self.areas = np.asarray(self.areas, dtype=np.int64).reshape(n)
         if not self.points:
             self.points = [None] * n
-        assert len(self.source) == n and len(self.points) == n, "MaskSet fields disagree in length"
+        if not self.topk:
+            self.topk = [None] * n
+        assert len(self.source) == n and len(self.points) == n == len(self.topk), "MaskSet fields disagree in length"
 
     def __len__(self) -> int:
         return len(self.rles)
@@ -55,7 +61,7 @@ class MaskSet:
         return cls([], [], [], [], np.zeros((0, 4)), [])
 
     @classmethod
-    def from_dense(cls, masks, class_index, scores, source: str, points=None) -> "MaskSet":
+    def from_dense(cls, masks, class_index, scores, source: str, points=None, topk=None) -> "MaskSet":
         """Encode dense masks (bool/uint8 array or tensor ``(N, H, W)``). Empty masks are dropped, with
         their metadata, since they have no box and label nothing."""
         m = masks.cpu().numpy() if hasattr(masks, "cpu") else np.asarray(masks)
@@ -65,15 +71,16 @@ class MaskSet:
         class_index = np.asarray(class_index)[keep]
         scores = np.asarray(scores)[keep]
         pts = [points[i] for i in np.flatnonzero(keep)] if points is not None else None
+        tk = [topk[i] for i in np.flatnonzero(keep)] if topk is not None else None
         if not len(m):
             return cls.empty()
         rles = mask_utils.encode(np.asfortranarray(m.transpose(1, 2, 0).astype(np.uint8)))
         for r in rles:
             r["counts"] = r["counts"].decode("ascii")
-        return cls.from_rles(list(rles), class_index, scores, [source] * len(rles), pts)
+        return cls.from_rles(list(rles), class_index, scores, [source] * len(rles), pts, tk)
 
     @classmethod
-    def from_rles(cls, rles, class_index, scores, source, points=None) -> "MaskSet":
+    def from_rles(cls, rles, class_index, scores, source, points=None, topk=None) -> "MaskSet":
         """Build from RLE dicts, computing boxes and areas with pycocotools."""
         if not rles:
             return cls.empty()
@@ -81,14 +88,14 @@ class MaskSet:
         xywh = mask_utils.toBbox(enc).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         areas = mask_utils.area(enc).astype(np.int64)
-        return cls(list(rles), class_index, scores, list(source), boxes, areas, list(points or []))
+        return cls(list(rles), class_index, scores, list(source), boxes, areas, list(points or []), list(topk or []))
 
     def filter(self, keep) -> "MaskSet":
         """The subset selected by a boolean mask or an index array, in that order."""
         idx = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, dtype=np.int64)
         return MaskSet(
             [self.rles[i] for i in idx], self.class_index[idx], self.scores[idx], [self.source[i] for i in idx],
-            self.boxes[idx], self.areas[idx], [self.points[i] for i in idx],
+            self.boxes[idx], self.areas[idx], [self.points[i] for i in idx], [self.topk[i] for i in idx],
         )
 
     @staticmethod
@@ -104,6 +111,7 @@ class MaskSet:
             np.concatenate([s.boxes for s in sets]),
             np.concatenate([s.areas for s in sets]),
             [p for s in sets for p in s.points],
+            [t for s in sets for t in s.topk],
         )
 
     def decode(self) -> np.ndarray:
@@ -112,15 +120,29 @@ class MaskSet:
             raise ValueError("cannot decode an empty MaskSet: its image size is unknown")
         return mask_utils.decode([_to_bytes_rle(r) for r in self.rles]).transpose(2, 0, 1).astype(bool)
 
-    def paint_order(self) -> np.ndarray:
-        """Indices in painting order: ascending score, so the most confident mask is painted last and
-        wins overlaps; equal scores keep the earlier mask on top (stable and deterministic)."""
-        return np.lexsort((-np.arange(len(self)), self.scores))
+    def paint_order(self, policy: str = "score") -> np.ndarray:
+        """Indices in painting order (the last painted mask wins a pixel). Deterministic: ties keep the
+        earlier mask on top.
 
-    def label_map(self, height: int, width: int, ignore: int = 255) -> np.ndarray:
-        """Semantic label map uint8 ``(H, W)``: class index per pixel, ``ignore`` where no mask covers."""
+        - ``score``: ascending score, so the most confident mask wins overlaps;
+        - ``stage1.1-first``: every Stage 1.1 mask over every other mask, by score within each group;
+        - ``small-on-top``: descending area, so a small mask stays visible on a large one around it.
+        """
+        first = -np.arange(len(self))
+        if policy == "score":
+            return np.lexsort((first, self.scores))
+        if policy == "stage1.1-first":
+            is_11 = np.array([s == SOURCE_STAGE_1_1 for s in self.source], dtype=np.int8)
+            return np.lexsort((first, self.scores, is_11))
+        if policy == "small-on-top":
+            return np.lexsort((first, -self.areas))
+        raise ValueError(f"unknown paint policy {policy!r}")
+
+    def label_map(self, height: int, width: int, ignore: int = 255, policy: str = "score") -> np.ndarray:
+        """Semantic label map uint8 ``(H, W)``: class index per pixel, ``ignore`` where no mask covers;
+        overlaps resolved by :meth:`paint_order` ``policy``."""
         out = np.full((height, width), ignore, dtype=np.uint8)
-        for i in self.paint_order():
+        for i in self.paint_order(policy):
             out[mask_utils.decode(_to_bytes_rle(self.rles[i])).astype(bool)] = self.class_index[i]
         return out
 

@@ -3,7 +3,8 @@
 FakeClip embeds colour: a patch's feature is its mean RGB colour (L2-normalised), a crop's class token
 is the crop's mean colour, and the text feature of a colour word is that colour's axis. FakeSam segments
 by colour: for each prompt it proposes (a) the pixels whose colour equals the first point's colour,
-(b) the whole image, (c) a single pixel, with scores chosen per test, and counts its passes.
+(b) the whole image, (c) a single pixel, with scores chosen per test, and counts its passes. Its
+"low-resolution" logits are at full resolution (±10: every mask is perfectly stable).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class FakeClip:
         self.device = torch.device("cpu")
         self.identity = {"spec": "clip:fake", "random_init": True}
         self.cache_key = "fake-clip"
+        self.logit_scale = 100.0
+        self.fill_color = (0, 0, 0)  # black adds nothing to a colour feature
         self.stats = Counter()
         self.batch_sizes = []
 
@@ -64,8 +67,11 @@ class FakeSam:
         self.stats["sam_encoder_batches"] += 1
         return [SimpleNamespace(image=img, original_size=img.shape[:2]) for img in images]
 
-    def predict_points(self, emb, coords, labels, multimask=True):
+    mask_threshold = 0.0
+
+    def decode(self, emb, coords, labels, multimask=True):
         self.stats["sam_decoder_calls"] += 1
+        self.stats["sam_prompts"] += len(coords)
         self.prompts.append(coords.clone())
         img = torch.from_numpy(emb.image.astype(np.int64))
         h, w = emb.original_size
@@ -76,10 +82,17 @@ class FakeSam:
             one = torch.zeros(h, w, dtype=torch.bool)
             one[0, 0] = True
             cands.append(torch.stack([region, torch.ones(h, w, dtype=torch.bool), one]))
-        masks = torch.stack(cands).float() * 2 - 1  # (P, 3, H, W) logits
-        iou = self.scores.expand(len(cands), 3)
+        logits = torch.stack(cands).float() * 20 - 10  # (P, 3, H, W)
+        return logits, self.scores.expand(len(cands), 3).clone()
+
+    def low_res_geometry(self, emb):
+        h, w = emb.original_size
+        return h, w, 1.0, 1.0
+
+    def predict_points(self, emb, coords, labels, multimask=True):
+        masks, iou = self.decode(emb, coords, labels, multimask)
         best = iou.argmax(dim=1)
-        rows = torch.arange(len(cands))
+        rows = torch.arange(len(best))
         return SimpleNamespace(low_res_logits=masks[rows, best][:, None], scores=iou[rows, best], all_scores=iou)
 
     def upscale(self, emb, low_res_logits):

@@ -31,7 +31,9 @@ class ClipModel:
     """A frozen open_clip model on one device.
 
     Attributes: ``input_size`` (native square input, px), ``patch_size`` (px), ``embed_dim`` (joint
-    space width D), ``stats`` (counters of forward passes), ``identity`` (provenance dict).
+    space width D), ``logit_scale`` (CLIP's learned softmax temperature, ``exp(logit_scale)``; 100 for
+    OpenAI's weights), ``fill_color`` (RGB uint8 of CLIP's mean pixel: zero after normalisation),
+    ``stats`` (counters of forward passes), ``identity`` (provenance dict).
     """
 
     def __init__(self, model, tokenizer, mean, std, identity: dict, device, precision: str):
@@ -45,6 +47,8 @@ class ClipModel:
         self.patch_size = int(visual.patch_size[0])
         self.input_size = int(visual.image_size[0])
         self.embed_dim = int(visual.proj.shape[1])
+        self.logit_scale = float(model.logit_scale.detach().exp().clamp(max=100).item())
+        self.fill_color = tuple(int(round(255 * m)) for m in mean)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(3, 1, 1)
         self.stats: Counter = Counter()

@@ -8,6 +8,7 @@ post-processing are segment-anything's own (``ResizeLongestSide``, ``Sam.preproc
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -72,16 +73,20 @@ class SamModel:
             SamEmbedding(feats[i : i + 1], sizes[i], tuple(img.shape[:2])) for i, img in enumerate(images)
         ]
 
-    @torch.inference_mode()
-    def predict_points(
-        self, emb: SamEmbedding, coords: torch.Tensor, labels: torch.Tensor, multimask: bool = True
-    ) -> PointPrediction:
-        """Decode P prompts of N points each in one mask-decoder call and keep each prompt's best mask.
+    @property
+    def mask_threshold(self) -> float:
+        return float(self.sam.mask_threshold)
 
-        ``coords``: float ``(P, N, 2)`` as (x, y) in original-image pixels; ``labels``: ``(P, N)``
-        with 1 = foreground, 0 = background. With ``multimask`` SAM proposes 3 masks per prompt and the
-        one with the highest predicted IoU is kept ("select the mask with the highest confidence",
-        seed 003 §3.2).
+    @torch.inference_mode()
+    def decode(
+        self, emb: SamEmbedding, coords: torch.Tensor, labels: torch.Tensor, multimask: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One mask-decoder call for P prompts of N points each.
+
+        ``coords``: float ``(P, N, 2)`` as (x, y) in original-image pixels; ``labels``: ``(P, N)`` with
+        1 = foreground, 0 = background. Returns low-resolution mask logits float32 ``(P, K, 4h, 4w)``
+        (the padded encoder frame, see :meth:`low_res_geometry`) and predicted IoUs ``(P, K)``; K = 3
+        with ``multimask``, else 1.
         """
         coords = self.transform.apply_coords_torch(coords.to(self.device, torch.float32), emb.original_size)
         labels = labels.to(self.device, torch.int64)
@@ -95,11 +100,30 @@ class SamModel:
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
             )
-        low_res, iou = low_res.float(), iou.float()
+        self.stats["sam_decoder_calls"] += 1
+        self.stats["sam_prompts"] += len(coords)
+        return low_res.float(), iou.float()
+
+    def low_res_geometry(self, emb: SamEmbedding) -> tuple[int, int, float, float]:
+        """Where the image lies in the low-resolution logits: ``(valid_h, valid_w, sy, sx)``; rows
+        ``[0, valid_h)`` and columns ``[0, valid_w)`` cover the image (the rest is the encoder's padding),
+        and low-res pixel edge ``(y, x)`` maps to original pixel edge ``(y * sy, x * sx)``."""
+        frame = self.sam.image_encoder.img_size
+        low = self.sam.prompt_encoder.mask_input_size[0]
+        step = frame / low
+        (ih, iw), (h, w) = emb.input_size, emb.original_size
+        return math.ceil(ih / step), math.ceil(iw / step), step * h / ih, step * w / iw
+
+    @torch.inference_mode()
+    def predict_points(
+        self, emb: SamEmbedding, coords: torch.Tensor, labels: torch.Tensor, multimask: bool = True
+    ) -> PointPrediction:
+        """Decode P prompts (see :meth:`decode`) in one call and keep each prompt's best mask: with
+        ``multimask`` SAM proposes 3 masks per prompt and the one with the highest predicted IoU is kept
+        ("select the mask with the highest confidence", seed 003 §3.2)."""
+        low_res, iou = self.decode(emb, coords, labels, multimask)
         best = iou.argmax(dim=1)
         rows = torch.arange(len(best), device=best.device)
-        self.stats["sam_decoder_calls"] += 1
-        self.stats["sam_prompts"] += len(best)
         return PointPrediction(low_res[rows, best][:, None], iou[rows, best], iou)
 
     @torch.inference_mode()

@@ -162,16 +162,18 @@ class QuerySamWithClip:
     def process(self, images: list[np.ndarray]) -> list[DetectResult]:
         """Label a batch of RGB uint8 ``(H, W, 3)`` images; crops of all of them share CLIP batches."""
         plans = [self.plan(*img.shape[:2]) for img in images]
-        cls_tokens, fmaps = self._clip_pass(images, plans)
+        cls_tokens, fmaps = self.clip_pass(images, plans)
         results = []
         for start in range(0, len(images), self.cfg.sam_batch_size):
             batch = images[start : start + self.cfg.sam_batch_size]
             for offset, emb in enumerate(self.sam.embed(batch)):
                 i = start + offset
-                results.append(self._query_sam(emb, plans[i], cls_tokens[i], fmaps[i]))
+                results.append(self.query_sam(emb, plans[i], cls_tokens[i], fmaps[i]))
         return results
 
-    def _clip_pass(self, images, plans) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def clip_pass(self, images, plans) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """High-resolution feature extraction for a batch of images: per image, the class tokens of its
+        crops ``(n, D)`` and the assembled feature map ``(gh, gw, D)`` (see :func:`assemble_feature_map`)."""
         clip, bs = self.clip, self.cfg.clip_batch_size
         prepared = []
         for img, plan in zip(images, plans):
@@ -196,7 +198,8 @@ class QuerySamWithClip:
                     dense_parts[i] = []
         return [torch.stack(c) for c in cls_parts], fmaps
 
-    def _query_sam(self, emb, plan: CropPlan, cls_tokens: torch.Tensor, fmap: torch.Tensor) -> DetectResult:
+    def query_sam(self, emb, plan: CropPlan, cls_tokens: torch.Tensor, fmap: torch.Tensor) -> DetectResult:
+        """Crop voting, then one SAM decoder call with every present class's points on embedding ``emb``."""
         votes, present = vote_classes(cls_tokens, self.text, self.cfg.min_crops)
         if len(present) == 0:
             return DetectResult(MaskSet.empty(), votes.cpu().numpy(), present.cpu().numpy())

@@ -1,0 +1,153 @@
+"""Stage 1.2, part one: SAM's automatic masks, generated from an image embedding that already exists.
+
+FMbSeg (seed 003 §3.2, "Automatic mask generation") runs segment-anything's automatic mask generator
+on the full image and keeps masks by size and predicted IoU. ``SamAutomaticMaskGenerator`` computes its
+own image embedding (``SamPredictor.set_image``); here the embedding Stage 1.1 computed is reused, so the
+image encoder runs once per image for both stages.
+
+The steps are the generator's (one crop layer, the whole image): a regular grid of single-point prompts,
+three masks per point, filtered by predicted IoU and stability score, duplicates removed by box NMS,
+optionally holes and islands cleaned. Two things differ, both for speed on the mask decoder's output
+(DESIGN: the decoder dominates automatic generation): the IoU and stability filters, the boxes and the
+NMS work on the decoder's low-resolution logits (256² for the 1024 px encoder frame), and only the
+survivors are upsampled to the image, where the area bounds are applied exactly. Stability computed at
+low resolution is the same ratio of areas measured on a 4× coarser grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ovlabel.config import SegmentConfig
+
+#: Survivors are upsampled to full resolution this many at a time (bounds memory on large images).
+UPSCALE_CHUNK = 16
+
+
+@dataclass
+class AutoMasks:
+    """Automatic masks of one image: ``masks`` bool ``(N, H, W)`` (CPU, original resolution),
+    ``pred_iou`` and ``stability`` float32 ``(N,)``; sorted by predicted IoU, best first."""
+
+    masks: torch.Tensor
+    pred_iou: torch.Tensor
+    stability: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.pred_iou)
+
+
+def point_grid(points_per_side: int, height: int, width: int) -> torch.Tensor:
+    """The generator's prompt grid: float32 ``(n², 2)`` (x, y) pixel coordinates of the centres of an
+    ``n x n`` tiling of the image (segment-anything's ``build_point_grid``, scaled to the image)."""
+    from segment_anything.utils.amg import build_point_grid
+
+    grid = build_point_grid(points_per_side) * np.array([[width, height]], dtype=np.float64)
+    return torch.from_numpy(grid.astype(np.float32))
+
+
+def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
+    """IoU between the masks ``logits > threshold + offset`` and ``logits > threshold - offset``
+    (segment-anything's ``calculate_stability_score``). ``logits`` ``(N, h, w)`` -> ``(N,)``."""
+    from segment_anything.utils.amg import calculate_stability_score
+
+    return calculate_stability_score(logits, threshold, offset)
+
+
+def _boxes(masks: torch.Tensor, sy: float, sx: float) -> torch.Tensor:
+    """xyxy pixel-edge boxes ``(N, 4)`` in original pixels of bool low-res masks ``(N, h, w)``."""
+    from segment_anything.utils.amg import batched_mask_to_box
+
+    b = batched_mask_to_box(masks).float()  # inclusive max indices
+    b[:, 2:] += 1
+    return b * torch.tensor([sx, sy, sx, sy], device=b.device)
+
+
+def generate(sam, emb, cfg: SegmentConfig) -> AutoMasks:
+    """Automatic masks of the image ``emb`` was computed from (see the module docstring).
+
+    ``sam``: a :class:`~ovlabel.models.sam.SamModel` (or an object with ``decode``,
+    ``low_res_geometry``, ``upscale`` and ``mask_threshold``); ``emb``: its embedding of the image.
+    """
+    from torchvision.ops import nms
+
+    h, w = emb.original_size
+    vh, vw, sy, sx = sam.low_res_geometry(emb)
+    thr = sam.mask_threshold
+    points = point_grid(cfg.points_per_side, h, w)
+    logits, ious, stabs, boxes = [], [], [], []
+    for start in range(0, len(points), cfg.points_per_batch):
+        pts = points[start : start + cfg.points_per_batch, None, :]
+        low, iou = sam.decode(emb, pts, torch.ones(pts.shape[:2], dtype=torch.int64), multimask=True)
+        low, iou = low.flatten(0, 1), iou.flatten()
+        keep = iou >= cfg.pred_iou_thresh
+        low, iou = low[keep], iou[keep]
+        stab = stability_score(low[:, :vh, :vw], thr, cfg.stability_score_offset)  # on the image only
+        keep = stab >= cfg.stability_score_thresh
+        low, iou, stab = low[keep], iou[keep], stab[keep]
+        binary = low[:, :vh, :vw] > thr
+        keep = binary.flatten(1).any(dim=1)
+        if keep.any():
+            logits.append(low[keep])
+            ious.append(iou[keep])
+            stabs.append(stab[keep])
+            boxes.append(_boxes(binary[keep], sy, sx))
+    if not logits:
+        return _empty(h, w)
+    logits, ious, stabs, boxes = (torch.cat(x) for x in (logits, ious, stabs, boxes))
+    order = nms(boxes, ious, cfg.box_nms_thresh)  # sorted by predicted IoU, best first
+    masks = _upscale(sam, emb, logits[order])
+    ious, stabs = ious[order].cpu(), stabs[order].cpu()
+    area = masks.flatten(1).sum(dim=1).float() / float(h * w)
+    keep = (area > 0) & (area >= cfg.min_area) & (area <= cfg.max_area)
+    masks, ious, stabs = masks[keep], ious[keep], stabs[keep]
+    if cfg.min_region_area > 0 and len(masks):
+        masks, keep = clean_regions(masks, cfg.min_region_area, cfg.box_nms_thresh)
+        masks, ious, stabs = masks[keep], ious[keep], stabs[keep]
+    return AutoMasks(masks, ious.float(), stabs.float())
+
+
+def _empty(h: int, w: int) -> AutoMasks:
+    return AutoMasks(torch.zeros(0, h, w, dtype=torch.bool), torch.zeros(0), torch.zeros(0))
+
+
+def _upscale(sam, emb, logits: torch.Tensor) -> torch.Tensor:
+    """Bool masks ``(N, H, W)`` on the CPU from low-res logits ``(N, 4h, 4w)``, exactly as
+    ``SamPredictor`` would upsample them."""
+    out = [sam.upscale(emb, logits[s : s + UPSCALE_CHUNK, None]).cpu() for s in range(0, len(logits), UPSCALE_CHUNK)]
+    return torch.cat(out)
+
+
+def clean_regions(masks: torch.Tensor, min_area: int, nms_thresh: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill holes and remove islands smaller than ``min_area`` pixels in each mask, then drop the
+    duplicates this creates, preferring masks that did not change (segment-anything's
+    ``postprocess_small_regions``). Returns the cleaned masks and the kept indices into the input."""
+    from scipy import ndimage
+    from torchvision.ops import nms
+
+    cleaned, unchanged = [], []
+    for m in masks.numpy():
+        out = m.copy()
+        for fill, region in ((True, ~out), (False, out)):  # holes, then islands
+            lab, n = ndimage.label(region)
+            if n:
+                sizes = np.bincount(lab.ravel())[1:]
+                small = np.flatnonzero(sizes < min_area) + 1
+                if len(small):
+                    out[np.isin(lab, small)] = fill
+        cleaned.append(out)
+        unchanged.append(float(np.array_equal(out, m)))
+    cleaned_t = torch.from_numpy(np.stack(cleaned))
+    nonempty = cleaned_t.flatten(1).any(dim=1)
+    idx = torch.nonzero(nonempty).flatten()
+    if not len(idx):
+        return cleaned_t[:0], idx
+    from segment_anything.utils.amg import batched_mask_to_box
+
+    boxes = batched_mask_to_box(cleaned_t[idx]).float()
+    keep = nms(boxes, torch.tensor(unchanged)[idx], nms_thresh)
+    keep = idx[keep.sort().values]  # keep the predicted-IoU order
+    return cleaned_t[keep], keep
