@@ -1,9 +1,11 @@
-"""``pseudo-label``: images in, a complete run directory out (Stage 1.1 today).
+"""``pseudo-label`` and ``classify-masks``: images in, a complete run directory out (FMbSeg Stage 1.1/1.2).
 
-The run is resumable by construction: each image's result is stored as a part file named by the image's
-content hash (``parts/<settings>/<sha256>.parquet``) the moment it is computed, and the dataset-level
-artifacts (manifest, masks.parquet, coco.json) are rebuilt from the parts at the end. Re-running the
-same command skips every image whose part exists; killing it loses at most the batch in flight.
+The run is resumable by construction: each stage's result for an image is stored as a part file named by
+the image's content hash under a key of exactly the settings that produced it
+(``parts/<stage settings>/<sha256>.parquet``) the moment it is computed, and the dataset-level artifacts
+(manifest, masks.parquet, coco.json) are rebuilt from the parts at the end, merging the stages
+(:mod:`ovlabel.merge`). Re-running the same command skips every image whose parts exist; killing it loses
+at most the batch in flight; adding Stage 1.2 to a Stage 1.1 run computes only Stage 1.2.
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ import json
 import shutil
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ovlabel.artifacts import RunLayout, label_names, part_info, write_label_png, write_part
+from ovlabel.artifacts import RunLayout, label_names, part_info, read_part, write_label_png, write_part
 from ovlabel.config import PseudoLabelConfig
 from ovlabel.errors import ImageDecodeError, OvlabelError
 from ovlabel.io.images import ImageEntry, decode_image, discover_images, read_file
+from ovlabel.masks import MaskSet
+from ovlabel.merge import merge_stages, merged_count
 from ovlabel.vocab import load_templates, load_vocabulary
 
 
@@ -90,16 +94,21 @@ class _Models:
     def get(self):
         if self.stage is None:
             from ovlabel.models.registry import load_model
-            from ovlabel.stages.detect import QuerySamWithClip
+            from ovlabel.stages.stage1 import Stage1
             from ovlabel.text import class_text_features
+            from ovlabel.vocab import load_templates
 
             if self.injected:
                 clip, sam = self.injected["clip"], self.injected["sam"]
             else:
                 clip = load_model(self.specs["clip"], self.device, self.precision)
                 sam = load_model(self.specs["sam"], self.device, self.precision)
+            cfg = self.cfg
             text = class_text_features(clip, self.vocab, self.templates)
-            self.stage = QuerySamWithClip(clip, sam, text, self.cfg.detect)
+            crop_text = None
+            if "1.2" in cfg.stages and cfg.classify.needs_crops:
+                crop_text = class_text_features(clip, self.vocab, load_templates(cfg.classify.templates))
+            self.stage = Stage1(clip, sam, text, cfg.detect, cfg.segment, cfg.classify, crop_text)
         return self.stage
 
     def identities(self) -> dict | None:
@@ -113,12 +122,39 @@ class _Models:
         return dict(self.stage.clip.stats) | dict(self.stage.sam.stats)
 
 
-def run(inputs: str | Path, out: str | Path, cfg: PseudoLabelConfig, models: dict | None = None) -> RunSummary:
+def run_settings(cfg: PseudoLabelConfig, vocab, templates, model_names: dict) -> tuple[dict, dict[str, str]]:
+    """The settings that determine a run's outputs, and per stage the key of the settings that
+    determine that stage's masks (its part folder). Stage 1.2 depends on Stage 1.1's CLIP pass
+    (detected classes, feature map), hence on the detection parameters too."""
+    base = {"vocabulary": vocab.to_json(), "templates": templates.to_json(), "models": model_names}
+    detect = cfg.detect.result_params()
+    settings = {"stages": list(cfg.stages), **base, "detect": detect}
+    keys = {}
+    if "1.1" in cfg.stages:  # = the whole-run key of a Stage 1.1 run: parts of 0.1 runs stay valid
+        keys["1.1"] = settings_key({"stages": ["1.1"], **base, "detect": detect})
+    if "1.2" in cfg.stages:
+        settings["segment"] = cfg.segment.result_params()
+        settings["classify"] = cfg.classify.result_params()
+        settings["merge"] = asdict(cfg.merge)
+        presence = {k: v for k, v in detect.items() if k not in ("points_per_class", "multimask")}
+        keys["1.2"] = settings_key({
+            "stage": "1.2", **base, "detect": presence, "segment": settings["segment"],
+            "classify": settings["classify"],
+        })
+    return settings, keys
+
+
+def run(
+    inputs: str | Path, out: str | Path, cfg: PseudoLabelConfig, models: dict | None = None,
+    command: str = "pseudo-label", rebuild_stages: tuple[str, ...] = (),
+) -> RunSummary:
     """Label every image under ``inputs`` into the run directory ``out``.
 
     ``models`` may inject ready model objects ``{"clip": ..., "sam": ...}`` (tests, notebooks); by default
-    they are built from ``cfg``. Raises :class:`OvlabelError` for bad input; a bad image is recorded in
-    the manifest and skipped.
+    they are built from ``cfg``. ``rebuild_stages`` may be added or change their settings in an existing run
+    without ``overwrite``, as long as every other stage it had keeps its settings key (``classify-masks``
+    adding or redoing Stage 1.2 on a run whose Stage 1.1 stays as it is). Raises
+    :class:`OvlabelError` for bad input; a bad image is recorded in the manifest and skipped.
     """
     from ovlabel.models.registry import resolve_models
     from ovlabel.runinfo import finalize, start_run_json
@@ -127,6 +163,8 @@ def run(inputs: str | Path, out: str | Path, cfg: PseudoLabelConfig, models: dic
     layout = RunLayout(out)
     vocab = load_vocabulary(cfg.vocab)
     templates = load_templates(cfg.templates)
+    if "1.2" in cfg.stages and cfg.classify.needs_crops:
+        load_templates(cfg.classify.templates)  # a bad --crop-templates fails now, not after the first batch
     specs = resolve_models(cfg.models, {"clip": cfg.clip, "sam": cfg.sam})
     lazy = _Models(cfg, specs, vocab, templates, models)  # validates --device/--precision, loads nothing
     source = discover_images(inputs, exclude=out)
@@ -134,40 +172,76 @@ def run(inputs: str | Path, out: str | Path, cfg: PseudoLabelConfig, models: dic
     model_names = (
         {f: m.identity["spec"] for f, m in models.items()} if models else {f: s.name for f, s in specs.items()}
     )
-    settings = {
-        "stages": ["1.1"],
-        "vocabulary": vocab.to_json(),
-        "templates": templates.to_json(),
-        "models": model_names,
-        "detect": cfg.detect.result_params(),
-    }
+    settings, stage_keys = run_settings(cfg, vocab, templates, model_names)
     key = settings_key(settings)
     prev = layout.read_run_json()
     if prev and prev.get("settings_key") != key and not cfg.overwrite:
-        changed = _changed(prev.get("settings", {}), settings)
-        raise OvlabelError(
-            f"'{out}' holds a run made with different settings (changed: {', '.join(changed) or 'format'}); "
-            f"pass --overwrite to relabel it with the new settings, or choose another --out"
+        before = prev.get("stage_keys") or (  # runs of ovlabel 0.1: one stage, keyed by the run
+            {"1.1": prev.get("settings_key")} if prev.get("settings", {}).get("stages") == ["1.1"] else {}
         )
+        kept = all(stage_keys.get(s) == k for s, k in before.items() if s not in rebuild_stages)
+        if not (rebuild_stages and kept):
+            changed = _changed(prev.get("settings", {}), settings)
+            raise OvlabelError(
+                f"'{out}' holds a run made with different settings (changed: {', '.join(changed) or 'format'}); "
+                f"pass --overwrite to relabel it with the new settings, or choose another --out"
+            )
     out.mkdir(parents=True, exist_ok=True)
     if cfg.overwrite:
-        shutil.rmtree(layout.parts / key, ignore_errors=True)
-    start_run_json(layout, prev, inputs, source, settings, key)
+        for k in stage_keys.values():
+            shutil.rmtree(layout.parts / k, ignore_errors=True)
+    start_run_json(layout, prev, inputs, source, settings, key, stage_keys, command)
 
     summary = RunSummary(out=out, total=len(source.entries))
     names = label_names([e.rel for e in source.entries])
-    rows = _label_images(layout, key, source.entries, names, cfg, lazy, summary)
+    store = _PartStore(layout, stage_keys, cfg)
+    rows = _label_images(store, source.entries, names, cfg, lazy, summary)
     summary.stats = lazy.stats()
-    finalize(layout, key, source, rows, vocab, settings, lazy, cfg, summary)
+    finalize(layout, key, store, source, rows, vocab, settings, lazy, cfg, summary)
     return summary
 
 
-def _label_images(layout, key, entries, names, cfg, lazy: _Models, summary: RunSummary) -> list[dict]:
+class _PartStore:
+    """The per-image, per-stage part files of one run, and the merge of an image's stages."""
+
+    def __init__(self, layout: RunLayout, stage_keys: dict[str, str], cfg: PseudoLabelConfig):
+        self.layout, self.keys, self.merge = layout, stage_keys, cfg.merge
+
+    def path(self, stage: str, sha: str) -> Path:
+        return self.layout.part(self.keys[stage], sha)
+
+    def missing(self, sha: str) -> set[str]:
+        return {s for s in self.keys if not self.path(s, sha).exists()}
+
+    def write(self, stage: str, sha: str, masks: MaskSet, width: int, height: int) -> None:
+        write_part(self.path(stage, sha), masks, width, height)
+
+    def info(self, sha: str) -> tuple[int, int, int]:
+        """``(masks after merging, width, height)`` from the part footers alone."""
+        counts, w, h = {}, 0, 0
+        for s in self.keys:
+            counts[s], w, h = part_info(self.path(s, sha))
+        return merged_count(counts, self.merge), w, h
+
+    def merged(self, sha: str, parts: dict[str, MaskSet] | None = None) -> MaskSet:
+        """The image's final masks: its stages merged (:func:`ovlabel.merge.merge_stages`)."""
+        parts = dict(parts or {})
+        for s in self.keys:
+            if s not in parts:
+                parts[s] = read_part(self.path(s, sha))[0]
+        return merge_stages(parts, sha, self.merge)
+
+    def label_map(self, masks: MaskSet, height: int, width: int) -> np.ndarray:
+        return masks.label_map(height, width, policy=self.merge.paint)
+
+
+def _label_images(store: _PartStore, entries, names, cfg, lazy: _Models, summary: RunSummary) -> list[dict]:
     """Process every entry; returns manifest rows (without image ids) in entry order."""
     from tqdm import tqdm
 
+    layout = store.layout
     rows: dict[str, dict] = {}
-    batch: list[tuple[ImageEntry, str, np.ndarray]] = []
+    batch: list[tuple[ImageEntry, str, np.ndarray, set[str]]] = []
     bar = tqdm(total=len(entries), unit="img", desc="pseudo-label", disable=not cfg.progress, dynamic_ncols=True)
 
     def record(entry, sha, status, reason=None, width=None, height=None, n=0):
@@ -185,9 +259,11 @@ def _label_images(layout, key, entries, names, cfg, lazy: _Models, summary: RunS
             if error is not None:
                 record(entry, sha, "failed", error)
                 continue
-            masks, (h, w) = result
-            write_part(layout.part(key, sha), masks, w, h)
-            write_label_png(layout.labels / names[entry.rel], masks.label_map(h, w))
+            parts, (h, w) = result
+            for stage, masks in parts.items():
+                store.write(stage, sha, masks, w, h)
+            masks = store.merged(sha, parts)
+            write_label_png(layout.labels / names[entry.rel], store.label_map(masks, h, w))
             summary.new += 1
             summary.new_files.add(entry.rel)
             record(entry, sha, "ok", width=w, height=h, n=len(masks))
@@ -198,10 +274,11 @@ def _label_images(layout, key, entries, names, cfg, lazy: _Models, summary: RunS
             data, sha = read_file(entry.path)
         except ImageDecodeError as exc:
             return entry, None, None, str(exc)
-        if layout.part(key, sha).exists():
+        needs = store.missing(sha)
+        if not needs:
             return entry, sha, None, None
         try:
-            return entry, sha, decode_image(data), None
+            return entry, sha, (decode_image(data), needs), None
         except ImageDecodeError as exc:
             return entry, sha, None, str(exc)
 
@@ -210,11 +287,11 @@ def _label_images(layout, key, entries, names, cfg, lazy: _Models, summary: RunS
             if error is not None:
                 record(entry, sha, "failed", error)
             elif image is None:  # already done in an earlier run
-                n, w, h = part_info(layout.part(key, sha))  # its label map is checked in finalize
+                n, w, h = store.info(sha)  # its label map is checked in finalize
                 summary.reused += 1
                 record(entry, sha, "ok", width=w, height=h, n=n)
             else:
-                batch.append((entry, sha, image))
+                batch.append((entry, sha) + image)
                 if len(batch) >= cfg.image_batch:
                     flush()
         if batch:
@@ -239,14 +316,15 @@ def _prefetch(pool, fn, items, depth: int):
 
 
 def _process_batch(lazy: _Models, batch):
-    """Run Stage 1.1 on a batch; if the batch fails (say, out of memory), retry image by image so one bad
-    image cannot sink the others. Yields ``(entry, sha, (masks, (h, w)) or None, error or None)``."""
+    """Run the missing stages on a batch; if the batch fails (say, out of memory), retry image by image so
+    one bad image cannot sink the others. Yields ``(entry, sha, ({stage: masks}, (h, w)) or None, error
+    or None)``."""
     import torch
 
     stage = lazy.get()
     try:
         with torch.inference_mode():
-            results = stage.process([img for _, _, img in batch])
+            results = stage.process([img for _, _, img, _ in batch], [needs for *_, needs in batch])
     except OvlabelError:
         raise
     except Exception:
@@ -254,8 +332,8 @@ def _process_batch(lazy: _Models, batch):
             for item in batch:
                 yield from _process_batch(lazy, [item])
             return
-        entry, sha, _ = batch[0]
+        entry, sha, _, _ = batch[0]
         yield entry, sha, None, "processing error: " + traceback.format_exc(limit=1).strip().splitlines()[-1]
         return
-    for (entry, sha, img), res in zip(batch, results):
+    for (entry, sha, img, _), res in zip(batch, results):
         yield entry, sha, (res.masks, img.shape[:2]), None

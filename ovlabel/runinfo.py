@@ -13,7 +13,6 @@ from ovlabel import __version__
 from ovlabel.artifacts import (
     RunLayout,
     read_manifest,
-    read_part,
     write_label_png,
     write_manifest,
     write_masks_and_coco,
@@ -41,18 +40,22 @@ def _versions() -> dict:
     return out
 
 
-def start_run_json(layout: RunLayout, prev: dict | None, inputs, source, settings: dict, key: str) -> None:
+def start_run_json(
+    layout: RunLayout, prev: dict | None, inputs, source, settings: dict, key: str, stage_keys: dict,
+    command: str = "pseudo-label",
+) -> None:
     """Record, before any work, what this run is doing (status ``running``), keeping earlier history."""
     doc = dict(prev or {})
     doc.update({
         "ovlabel_version": __version__,
-        "command": "pseudo-label",
+        "command": command,
         "argv": sys.argv,
         "status": "running",
         "created": (prev or {}).get("created") or _now(),
         "updated": _now(),
         "input": {"path": str(Path(inputs).expanduser().resolve()), "kind": source.kind, "root": str(source.root)},
         "settings_key": key,
+        "stage_keys": stage_keys,
         "settings": settings,
     })
     if prev and prev.get("settings_key") != key:
@@ -60,7 +63,7 @@ def start_run_json(layout: RunLayout, prev: dict | None, inputs, source, setting
     write_json(layout.run_json, doc)
 
 
-def finalize(layout: RunLayout, key: str, source, rows: list[dict], vocab, settings, lazy, cfg, summary) -> None:
+def finalize(layout: RunLayout, key: str, store, source, rows: list[dict], vocab, settings, lazy, cfg, summary) -> None:
     """Rebuild manifest, masks.parquet, coco.json (and label maps not written during this run) from the
     parts; drop outputs of images no longer in the input; write overlays if asked; then mark run.json
     ``complete`` with counts and provenance. Skips the rewrite when nothing changed."""
@@ -79,9 +82,9 @@ def finalize(layout: RunLayout, key: str, source, rows: list[dict], vocab, setti
 
     def per_image(selected):
         for r in selected:
-            masks, w, h = read_part(layout.part(key, r["sha256"]))
+            masks = store.merged(r["sha256"])
             if r["file"] in stale_labels:
-                write_label_png(layout.root / r["label_file"], masks.label_map(h, w))
+                write_label_png(layout.root / r["label_file"], store.label_map(masks, r["height"], r["width"]))
             yield r["image_id"], masks
 
     up_to_date = summary.new == 0 and prev_rows == rows and layout.masks.exists() and layout.coco.exists()
@@ -96,7 +99,7 @@ def finalize(layout: RunLayout, key: str, source, rows: list[dict], vocab, setti
         write_masks_and_coco(layout, ok, per_image(ok), vocab.names, info)
         write_manifest(layout.manifest, rows)
     summary.masks = sum(r["num_masks"] for r in ok)
-    _prune(layout, key, ok)
+    _prune(layout, set(store.keys.values()), ok)
     relabelled = summary.new_files | stale_labels
     if cfg.overlays:
         todo = [r for r in ok if r["file"] in relabelled or not _overlay_path(layout, r).exists()]
@@ -132,7 +135,7 @@ def finalize(layout: RunLayout, key: str, source, rows: list[dict], vocab, setti
     write_json(layout.run_json, doc)
 
 
-def _prune(layout: RunLayout, key: str, ok: list[dict]) -> None:
+def _prune(layout: RunLayout, keys: set[str], ok: list[dict]) -> None:
     """Remove our own stale outputs: label maps and overlays of images no longer in the input, and
     part folders of other settings. Never touches anything outside the run directory."""
     keep_labels = {layout.root / r["label_file"] for r in ok}
@@ -146,7 +149,7 @@ def _prune(layout: RunLayout, key: str, ok: list[dict]) -> None:
     keep_parts = {r["sha256"] + ".parquet" for r in ok}
     if layout.parts.is_dir():
         for d in layout.parts.iterdir():
-            if d.name != key:
+            if d.name not in keys:
                 shutil.rmtree(d, ignore_errors=True)
             else:
                 for f in d.glob("*.parquet"):

@@ -21,7 +21,11 @@ from ovlabel.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-TINY = ["--models", "tiny", "--device", "cpu", "--resolution", "224", "--no-progress"]
+TINY = ["--models", "tiny", "--device", "cpu", "--resolution", "224", "--no-progress", "--points-per-side", "8"]
+
+
+# Tiny random SAM predicts low IoUs: with SAM's default filters Stage 1.2 would keep nothing to test.
+LOOSE = ["--pred-iou-thresh", "0", "--stability-thresh", "0"]
 
 
 def label(images, out, *extra):
@@ -45,7 +49,7 @@ def artifact_bytes(out: Path) -> dict[str, bytes]:
 def test_end_to_end_artifacts_are_complete_and_consistent(image_folder, tmp_path):
     bad = add_bad_files(image_folder)
     out = tmp_path / "run"
-    res = label(image_folder, out, "--overlays")
+    res = label(image_folder, out, "--overlays", *LOOSE)
     assert res.exit_code == 0, res.output
     assert "9 images: 5 labelled (5 new, 0 already done), 4 failed" in res.output
 
@@ -68,8 +72,13 @@ def test_end_to_end_artifacts_are_complete_and_consistent(image_folder, tmp_path
     for m in masks:
         ann = coco.loadAnns([m["mask_id"]])[0]
         assert ann["image_id"] == m["image_id"] and ann["category_id"] == m["class_index"] + 1
-        assert ann["segmentation"]["counts"] == m["rle_counts"] and m["source"] == "stage1.1"
-        assert len(m["points"]) == 5
+        assert ann["segmentation"]["counts"] == m["rle_counts"] and ann["source"] == m["source"]
+        if m["source"] == "stage1.1":
+            assert len(m["points"]) == 5 and m["topk_classes"] is None
+        else:
+            assert m["source"] == "stage1.2" and m["points"] is None
+            assert m["topk_classes"][0] == m["class_index"] and len(m["topk_scores"]) == len(m["topk_classes"])
+    assert {m["source"] for m in masks} == {"stage1.1", "stage1.2"}
     # COCO masks, painted by score, decode to exactly the PNG label maps
     for r in ok.values():
         lm = read_label_png(out / r["label_file"])
@@ -94,27 +103,27 @@ def test_end_to_end_artifacts_are_complete_and_consistent(image_folder, tmp_path
 
 
 def test_interrupted_run_resumes_without_redoing_or_losing_images(image_folder, tmp_path, monkeypatch):
-    from ovlabel.stages import detect
+    from ovlabel.stages import stage1
 
     reference = tmp_path / "reference"
     assert label(image_folder, reference, "--image-batch", "1").exit_code == 0
 
-    real = detect.QuerySamWithClip.process
+    real = stage1.Stage1.process
     calls = []
 
-    def dies_on_third_batch(self, images):
+    def dies_on_third_batch(self, images, needs):
         calls.append(len(images))
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(self, images)
+        return real(self, images, needs)
 
-    monkeypatch.setattr(detect.QuerySamWithClip, "process", dies_on_third_batch)
+    monkeypatch.setattr(stage1.Stage1, "process", dies_on_third_batch)
     out = tmp_path / "run"
     res = label(image_folder, out, "--image-batch", "1")
     assert res.exit_code == 130  # Ctrl-C
-    assert len(list((out / "parts").rglob("*.parquet"))) == 2
+    assert len(list((out / "parts").rglob("*.parquet"))) == 2 * 2  # two images, two stages each
     assert not list(out.rglob("*.tmp"))
-    monkeypatch.setattr(detect.QuerySamWithClip, "process", real)
+    monkeypatch.setattr(stage1.Stage1, "process", real)
 
     res = label(image_folder, out, "--image-batch", "1")
     assert res.exit_code == 0, res.output
@@ -123,16 +132,16 @@ def test_interrupted_run_resumes_without_redoing_or_losing_images(image_folder, 
 
 
 def test_an_image_that_breaks_the_model_is_recorded_and_the_batch_survives(image_folder, tmp_path, monkeypatch):
-    from ovlabel.stages import detect
+    from ovlabel.stages import stage1
 
-    real = detect.QuerySamWithClip.process
+    real = stage1.Stage1.process
 
-    def fails_on_wide_images(self, images):
+    def fails_on_wide_images(self, images, needs):
         if any(im.shape[1] == 600 for im in images):
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(self, images)
+        return real(self, images, needs)
 
-    monkeypatch.setattr(detect.QuerySamWithClip, "process", fails_on_wide_images)
+    monkeypatch.setattr(stage1.Stage1, "process", fails_on_wide_images)
     out = tmp_path / "run"
     res = label(image_folder, out, "--image-batch", "8")
     assert res.exit_code == 0, res.output
@@ -140,7 +149,7 @@ def test_an_image_that_breaks_the_model_is_recorded_and_the_batch_survives(image
     rows = {r["file"]: r for r in pq.read_table(out / "manifest.parquet").to_pylist()}
     assert rows["wide.bmp"]["status"] == "failed"
     assert rows["wide.bmp"]["reason"] == "processing error: RuntimeError: CUDA out of memory (simulated)"
-    monkeypatch.setattr(detect.QuerySamWithClip, "process", real)
+    monkeypatch.setattr(stage1.Stage1, "process", real)
     res = label(image_folder, out)  # the failed image is retried next time
     assert "5 labelled (1 new, 4 already done), 0 failed" in res.output
 
@@ -176,19 +185,22 @@ def test_changed_and_removed_images_update_only_themselves(image_folder, tmp_pat
     assert not (out / "overlays" / "a.jpg").exists()  # relabelled without --overlays: stale overlay removed
     assert (out / "overlays" / "wide.jpg").exists()
     assert (out / "labels" / "wide.png").stat().st_mtime_ns == untouched
-    assert len(list((out / "parts").rglob("*.parquet"))) == 5
+    assert len(list((out / "parts").rglob("*.parquet"))) == 5 * 2  # five images, two stages
 
 
 def test_new_settings_are_refused_without_overwrite(image_folder, tmp_path):
     out = tmp_path / "run"
     assert label(image_folder, out).exit_code == 0
+    before = {d.name for d in (out / "parts").iterdir()}
     res = label(image_folder, out, "--points", "3")
     assert res.exit_code == 2
     assert "different settings (changed: detect)" in res.output and "--overwrite" in res.output
     res = label(image_folder, out, "--points", "3", "--overwrite")
     assert res.exit_code == 0
     assert len(pq.read_table(out / "masks.parquet").to_pylist()[0]["points"]) == 3
-    assert len(list((out / "parts").iterdir())) == 1  # the old settings' parts are gone
+    after = {d.name for d in (out / "parts").iterdir()}
+    assert len(before) == len(after) == 2  # one folder per stage; Stage 1.1's old settings' parts are gone
+    assert len(before & after) == 1  # Stage 1.2 does not depend on --points: its key is unchanged
 
 
 @pytest.mark.parametrize(
