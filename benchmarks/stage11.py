@@ -1,6 +1,6 @@
 """Stage 1.1 throughput with full-size architectures (random weights: timing only, labels meaningless).
 
-Runs ``pseudo-label`` (Stage 1.1, default settings) on sample_data/ and prints a table: seconds per image
+Runs ``pseudo-label --stages 1.1`` (default settings) on sample_data/ and prints a table: seconds per image
 (model loading excluded and reported apart), where the time goes (each model call is timed from outside),
 CLIP forward batches, crops, SAM image-encoder passes and mask-decoder calls per image, and what it ran on.
 
@@ -51,10 +51,13 @@ def main() -> None:
     load_s = time.perf_counter() - t0
 
     timers = {}
-    for obj, name in [(clip, "encode_crops"), (clip, "encode_text"), (sam, "embed"), (sam, "predict_points"), (sam, "upscale")]:
+    for obj, name in [(clip, "encode_crops"), (clip, "encode_text"), (sam, "embed"), (sam, "decode"), (sam, "upscale")]:
         _time_method(obj, name, timers, device)
 
-    cfg = PseudoLabelConfig(vocab="coco-stuff", device=args.device, precision=args.precision, detect=DetectConfig(), progress=False)
+    cfg = PseudoLabelConfig(
+        vocab="coco-stuff", device=args.device, precision=args.precision, stages=("1.1",), detect=DetectConfig(),
+        progress=False,
+    )
     walls, summary = [], None
     for _ in range(args.repeat):
         clip.stats.clear()
@@ -85,7 +88,7 @@ def main() -> None:
         ("  CLIP crop forwards", f"{t.get('encode_crops', 0):.2f}"),
         ("  CLIP text (171 prompts once per run, shared by all images)", f"{t.get('encode_text', 0):.2f}"),
         ("  SAM image encoder", f"{t.get('embed', 0):.2f}"),
-        ("  SAM mask decoder", f"{t.get('predict_points', 0):.2f}"),
+        ("  SAM mask decoder", f"{t.get('decode', 0):.2f}"),
         ("  SAM mask upsampling", f"{t.get('upscale', 0):.2f}"),
         ("  everything else (I/O, geometry, RLE, writing)", f"{wall / n - model_s:.2f}"),
         ("CLIP forward batches per image", f"{stats.get('clip_image_batches', 0) / n:.2f}"),
