@@ -182,9 +182,12 @@ def run(
         kept = all(stage_keys.get(s) == k for s, k in before.items() if s not in rebuild_stages)
         if not (rebuild_stages and kept):
             changed = _changed(prev.get("settings", {}), settings)
+            hint = ""
+            if before.get("1.1") and before.get("1.1") == stage_keys.get("1.1") and "1.2" in stage_keys:
+                hint = f"; to add or redo Stage 1.2 and keep its Stage 1.1 masks, run `ovlabel classify-masks {out}`"
             raise OvlabelError(
                 f"'{out}' holds a run made with different settings (changed: {', '.join(changed) or 'format'}); "
-                f"pass --overwrite to relabel it with the new settings, or choose another --out"
+                f"pass --overwrite to relabel it with the new settings, or choose another --out{hint}"
             )
     out.mkdir(parents=True, exist_ok=True)
     if cfg.overwrite:

@@ -80,6 +80,7 @@ def test_pseudo_label_refuses_a_changed_stage12_without_overwrite(image_folder, 
     assert label(image_folder, run).exit_code == 0
     res = label(image_folder, run, "--classifier", "ovseg")
     assert res.exit_code == 2 and "changed: classify" in res.output
+    assert f"ovlabel classify-masks {run}" in res.output  # Stage 1.1 is unchanged: say how to keep it
 
 
 def test_classify_masks_errors(tmp_path, image_folder):
