@@ -174,16 +174,20 @@ def test_refine_uses_stored_soft_maps_when_present(tmp_path):
     assert set(np.unique(read_label_png(tmp_path / "hard" / "labels" / "a.png"))) == {0, 1}
 
 
-def test_refine_records_changed_images_as_failed_and_refuses_to_write_into_its_input(tmp_path):
-    parent = make_run(tmp_path)
+def test_refine_records_bad_images_as_failed_and_refuses_to_write_into_its_input(tmp_path):
+    parent = make_run(tmp_path, labels={"a": off_by(6, right=1), "b": off_by(-5, right=1), "c": off_by(2, right=1)})
     save(tmp_path / "images" / "b.png", np.zeros((64, 96, 3), np.uint8))  # changed since the parent run
+    (parent / "labels" / "c.png").write_bytes(b"not a png")  # damaged parent label map
     summary = refine(parent, tmp_path / "out", RefineConfig(workers=1, progress=False))
-    assert summary.new == 1 and summary.failures[0][0] == "b.png" and "changed" in summary.failures[0][1]
-    row = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()[1]
-    assert row["status"] == "failed" and row["label_file"] is None
+    assert summary.new == 1 and [f for f, _ in summary.failures] == ["b.png", "c.png"]
+    assert "changed since the parent run" in summary.failures[0][1] and "refine error" in summary.failures[1][1]
+    rows = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
+    assert [r["status"] for r in rows] == ["ok", "failed", "failed"] and rows[1]["label_file"] is None
     for bad in [parent / "crf", parent]:
         with pytest.raises(OvlabelError, match="inside the input run"):
             refine(parent, bad, RefineConfig(workers=1, progress=False))
+    with pytest.raises(OvlabelError, match="inside the image folder"):
+        refine(parent, tmp_path / "images" / "crf", RefineConfig(workers=1, progress=False))
 
 
 def test_refine_cli_runs_worker_processes_and_its_output_scores_with_eval(tmp_path):

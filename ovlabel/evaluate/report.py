@@ -94,6 +94,10 @@ def text_table(r) -> str:
 
 def warnings(r) -> list[str]:
     out = []
+    expected = (r.protocol or {}).get("gt_layout")
+    if expected and r.gt.layout not in (expected, "folder"):
+        out.append(f"protocol {r.protocol['name']} expects {expected} ground truth, but '{r.gt.root}' looks like "
+                   f"{r.gt.layout}")
     if r.missing:
         out.append(f"{len(r.missing)} ground-truth images had no prediction and were not scored")
     if r.extra:

@@ -82,10 +82,16 @@ def load_prediction(path: str | Path, pred_classes: str | None) -> Prediction:
             raise OvlabelError("--pred-classes is for a folder of PNGs; a run directory names its own classes")
         files, failed = {}, {}
         for r in read_manifest(layout.manifest):
+            key = stem_key(r["file"])
+            if key in files or key in failed:
+                raise OvlabelError(
+                    f"run '{root}' has two images named '{key}' apart from their suffix ({r['file']}); "
+                    f"ground truth is matched by name, so rename one"
+                )
             if r["status"] == "ok":
-                files[stem_key(r["file"])] = root / r["label_file"]
+                files[key] = root / r["label_file"]
             else:
-                failed[stem_key(r["file"])] = r["reason"]
+                failed[key] = r["reason"]
         return Prediction("run", root, files, ClassList.from_json(doc["settings"]["vocabulary"]), failed)
     files = {stem_key(rel): root / rel for rel in _pngs(root)}
     if not files:

@@ -130,7 +130,12 @@ def run(run_dir: str | Path, out: str | Path, cfg: RefineConfig) -> RefineSummar
     out = Path(out).expanduser().resolve()
     p_layout, p_doc, p_rows = _load_parent(parent)
     _check_out(out, parent)
-    image_root = Path(cfg.images).expanduser().resolve() if cfg.images else Path(p_doc["input"]["root"])
+    recorded_root = (p_doc.get("input") or {}).get("root")
+    if not cfg.images and not recorded_root:
+        raise OvlabelError(f"run '{parent}' does not record its image folder; pass --images")
+    image_root = Path(cfg.images).expanduser().resolve() if cfg.images else Path(recorded_root)
+    if out == image_root or image_root in out.parents:
+        raise OvlabelError(f"--out '{out}' is inside the image folder '{image_root}'; choose a folder outside it")
     vocab = p_doc["settings"]["vocabulary"]
     settings = {
         "stages": list(p_doc["settings"].get("stages", [])) + ["refine"],
@@ -257,23 +262,39 @@ def _refine_all(p_layout, layout, key, p_rows, image_root: Path, cfg: RefineConf
 def _run_pool(tasks, workers: int, record) -> None:
     """Keep ``2 * workers`` tasks in flight; results are recorded as they complete."""
     import multiprocessing as mp
+    from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("spawn")  # no fork of a possibly multi-threaded parent
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    try:
+        _drive_pool(ProcessPoolExecutor(max_workers=workers, mp_context=ctx), tasks, workers, record)
+    except BrokenProcessPool:
+        raise OvlabelError(
+            f"a CRF worker process died (out of memory? each holds a few labels x height x width float32 arrays); "
+            f"finished images are kept: re-run the same command with fewer --workers (now {workers}) to resume"
+        ) from None
+
+
+def _drive_pool(executor, tasks, workers: int, record) -> None:
+    with executor as pool:
         pending = {}
         it = iter(tasks)
         for row, task in it:
             pending[pool.submit(refine_one, task)] = row
             if len(pending) >= 2 * workers:
                 break
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                row = pending.pop(fut)
-                record(row, fut.result())
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending[pool.submit(refine_one, nxt[1])] = nxt[0]
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    row = pending.pop(fut)
+                    record(row, fut.result())
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        pending[pool.submit(refine_one, nxt[1])] = nxt[0]
+        except BaseException:  # Ctrl-C: do not start queued images; finished ones are kept
+            for fut in pending:
+                fut.cancel()
+            raise
 
 
 def _fail(row: dict, summary: RefineSummary, reason: str) -> None:
@@ -284,7 +305,14 @@ def _fail(row: dict, summary: RefineSummary, reason: str) -> None:
 
 def refine_one(task: _Task) -> tuple[str, int | str]:
     """Worker: refine one image, write its part file and label map. Returns ``("ok", num_masks)`` or
-    ``("failed", reason)``; never raises for a bad image."""
+    ``("failed", reason)``; never raises for a bad image (one bad image never ends a run)."""
+    try:
+        return _refine_one(task)
+    except Exception as exc:  # recorded in the manifest; the run goes on
+        return "failed", f"refine error: {type(exc).__name__}: {exc}"
+
+
+def _refine_one(task: _Task) -> tuple[str, int | str]:
     from ovlabel.crf import refine_label_map
     from ovlabel.io.images import decode_image, read_file
     from ovlabel.masks import MaskSet
@@ -297,7 +325,7 @@ def refine_one(task: _Task) -> tuple[str, int | str]:
     except ImageDecodeError as exc:
         return "failed", str(exc)
     label_map = read_label_png(Path(task.parent_label))
-    if label_map.shape != (task.height, task.width) or image.shape[:2] != label_map.shape:
+    if label_map.ndim != 2 or label_map.shape != (task.height, task.width) or image.shape[:2] != label_map.shape:
         return "failed", (f"size mismatch: image {image.shape[1]}x{image.shape[0]}, parent label map "
                           f"{label_map.shape[1]}x{label_map.shape[0]}, manifest {task.width}x{task.height}")
     try:
