@@ -152,7 +152,7 @@ def load_ground_truth(root: str | Path, layout: str = "auto", split: str = "val"
     if layout == "auto":
         layout = detect_layout(root)
     if layout == "folder":
-        files = {stem_key(rel): root / rel for rel in _pngs(root)}
+        files = {stem_key(rel): root / rel for rel in find_pngs(root)}
         if not files:
             raise OvlabelError(f"no .png label maps found under '{root}'")
         return GroundTruth("folder", root, None, files, identity_lut(), None, False, f"PNG folder {root}")
@@ -167,7 +167,7 @@ def load_ground_truth(root: str | Path, layout: str = "auto", split: str = "val"
     return GroundTruth(layout, base, split, files, lut, vocab, rzl, desc)
 
 
-def _pngs(folder: Path) -> list[str]:
+def find_pngs(folder: Path) -> list[str]:
     out = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))

@@ -25,7 +25,9 @@ def default_report_path(pred, gt, protocol) -> Path:
     the protocol, else ``<layout>-<split>``, else ``<gt folder name>``."""
     name = protocol.name if protocol else (f"{gt.layout}-{gt.split}" if gt.split else f"folder-{gt.root.name}")
     if pred.kind == "run":
-        return pred.root / "eval" / f"{name}.json"
+        from ovlabel.artifacts import RunLayout
+
+        return RunLayout(pred.root).evals / f"{name}.json"
     return pred.root.parent / f"{pred.root.name}-eval" / f"{name}.json"
 
 

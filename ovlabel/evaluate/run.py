@@ -66,7 +66,7 @@ class EvalResult:
 def load_prediction(path: str | Path, pred_classes: str | None) -> Prediction:
     """A run directory (its manifest's label maps and run.json vocabulary) or a folder of label PNGs."""
     from ovlabel.artifacts import RunLayout, read_manifest
-    from ovlabel.evaluate.layouts import _pngs
+    from ovlabel.evaluate.layouts import find_pngs
     from ovlabel.vocab import load_vocabulary
 
     root = Path(path).expanduser()
@@ -93,7 +93,7 @@ def load_prediction(path: str | Path, pred_classes: str | None) -> Prediction:
             else:
                 failed[key] = r["reason"]
         return Prediction("run", root, files, ClassList.from_json(doc["settings"]["vocabulary"]), failed)
-    files = {stem_key(rel): root / rel for rel in _pngs(root)}
+    files = {stem_key(rel): root / rel for rel in find_pngs(root)}
     if not files:
         raise OvlabelError(f"no .png label maps found under prediction folder '{root}'")
     classes = ClassList.from_vocabulary(load_vocabulary(pred_classes)) if pred_classes else None

@@ -163,6 +163,9 @@ def run(run_dir: str | Path, out: str | Path, cfg: RefineConfig) -> RefineSummar
         "input": {"path": str(parent), "kind": "run", "root": str(image_root)},
         "settings_key": key, "settings": settings, "models": p_doc.get("models"),
     })
+    doc.pop("note", None)
+    if p_doc.get("note"):  # e.g. the parent's labels came from tiny random models
+        doc["note"] = f"parent run: {p_doc['note']}"
     write_json(layout.run_json, doc)
 
     summary = RefineSummary(out=out, parent=parent, total=len(p_rows))
