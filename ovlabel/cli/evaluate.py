@@ -28,7 +28,7 @@ def refine(
     bi_rgb_std: Annotated[float, typer.Option(help="Appearance kernel colour std (0-255).")] = _C.bi_rgb_std,
     fill_unlabeled: Annotated[bool, typer.Option("--fill-unlabeled", help="Let the CRF give a class to unlabeled pixels (default: unlabeled is a label it may keep).")] = False,
     soft: Annotated[bool, typer.Option("--soft/--no-soft", help="Use the run's stored soft maps (RUN/soft/) as unaries where present.")] = True,
-    workers: Annotated[int, typer.Option(help="CRF worker processes (default: CPU cores, at most 8).")] = 0,
+    workers: Annotated[int, typer.Option(help="CRF worker processes (default: the usable CPU cores, at most 8).", show_default=False)] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images already refined in --out (also allows new settings).")] = False,
     overlays: Annotated[bool, typer.Option("--overlays", help="Also write coloured overlays to <out>/overlays/.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
