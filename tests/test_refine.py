@@ -175,14 +175,16 @@ def test_refine_uses_stored_soft_maps_when_present(tmp_path):
 
 
 def test_refine_records_bad_images_as_failed_and_refuses_to_write_into_its_input(tmp_path):
-    parent = make_run(tmp_path, labels={"a": off_by(6, right=1), "b": off_by(-5, right=1), "c": off_by(2, right=1)})
+    parent = make_run(tmp_path, labels={k: off_by(2, right=1) for k in "abcd"})
     save(tmp_path / "images" / "b.png", np.zeros((64, 96, 3), np.uint8))  # changed since the parent run
     (parent / "labels" / "c.png").write_bytes(b"not a png")  # damaged parent label map
+    write_label_png(parent / "labels" / "d.png", off_by(2, right=7))  # class 7 of a 3-class vocabulary
     summary = refine(parent, tmp_path / "out", RefineConfig(workers=1, progress=False))
-    assert summary.new == 1 and [f for f, _ in summary.failures] == ["b.png", "c.png"]
-    assert "changed since the parent run" in summary.failures[0][1] and "refine error" in summary.failures[1][1]
+    assert summary.new == 1 and [f for f, _ in summary.failures] == ["b.png", "c.png", "d.png"]
+    reasons = [r for _, r in summary.failures]
+    assert "changed since the parent run" in reasons[0] and "refine error" in reasons[1] and "class index 7" in reasons[2]
     rows = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
-    assert [r["status"] for r in rows] == ["ok", "failed", "failed"] and rows[1]["label_file"] is None
+    assert [r["status"] for r in rows] == ["ok", "failed", "failed", "failed"] and rows[1]["label_file"] is None
     for bad in [parent / "crf", parent]:
         with pytest.raises(OvlabelError, match="inside the input run"):
             refine(parent, bad, RefineConfig(workers=1, progress=False))

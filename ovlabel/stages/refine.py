@@ -84,6 +84,7 @@ class _Task:
     out_label: str
     part: str
     crf: dict
+    num_classes: int
 
 
 def _settings_key(settings: dict) -> str:
@@ -169,7 +170,7 @@ def run(run_dir: str | Path, out: str | Path, cfg: RefineConfig) -> RefineSummar
     write_json(layout.run_json, doc)
 
     summary = RefineSummary(out=out, parent=parent, total=len(p_rows))
-    rows = _refine_all(p_layout, layout, key, p_rows, image_root, cfg, summary)
+    rows = _refine_all(p_layout, layout, key, p_rows, image_root, cfg, summary, vocab["classes"])
     _finalize(layout, key, rows, vocab, settings, summary)
     if cfg.overlays:
         from ovlabel.runinfo import write_overlays
@@ -202,7 +203,8 @@ def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=str))
 
 
-def _refine_all(p_layout, layout, key, p_rows, image_root: Path, cfg: RefineConfig, summary) -> list[dict]:
+def _refine_all(p_layout, layout, key, p_rows, image_root: Path, cfg: RefineConfig, summary,
+                vocab_names: list[str]) -> list[dict]:
     """Refine every ok row (in a process pool); returns the new manifest rows in the parent's order."""
     from tqdm import tqdm
 
@@ -229,7 +231,7 @@ def _refine_all(p_layout, layout, key, p_rows, image_root: Path, cfg: RefineConf
             file=pr["file"], image=str(image_root / pr["file"]), sha256=pr["sha256"], width=pr["width"],
             height=pr["height"], parent_label=str(parent_label), soft=str(soft) if soft else None,
             out_label=str(layout.root / pr["label_file"]), part=str(layout.part(key, digest)),
-            crf=asdict(cfg.crf),
+            crf=asdict(cfg.crf), num_classes=len(vocab_names),
         )
         row["part"] = task.part
         if soft:
@@ -335,6 +337,10 @@ def _refine_one(task: _Task) -> tuple[str, int | str]:
         soft = read_soft_map(Path(task.soft)) if task.soft else None
     except (ValueError, OSError) as exc:
         return "failed", f"unreadable soft map: {exc}"
+    for what, values in (("parent label map", label_map[label_map != 255]), ("soft map", soft[1] if soft else [])):
+        if len(values) and int(np.max(values)) >= task.num_classes:
+            return "failed", (f"{what} holds class index {int(np.max(values))} but the vocabulary has "
+                              f"{task.num_classes} classes")
     refined, confidence = refine_label_map(image, label_map, CRFConfig(**task.crf), soft)
     classes = [int(c) for c in np.unique(refined) if c != 255]
     masks = np.stack([refined == c for c in classes]) if classes else np.zeros((0, *refined.shape), bool)
