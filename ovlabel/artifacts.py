@@ -11,6 +11,8 @@
       overlays/<rel>.jpg coloured overlays with a legend (optional)
       parts/<settings>/<sha256>.parquet
                          per-image results keyed by content hash: what makes runs resumable
+      soft/<rel>.npz     optional per-image class probabilities (SOFT_MAP_FORMAT), for stages that have them
+      eval/<name>.json   evaluation reports written by ``ovlabel eval`` (and <name>.md)
 
 Class indices are 0-based positions in the vocabulary (the label-map value). COCO category ids are
 ``class_index + 1`` because COCO reserves id 0. Every file is written atomically.
@@ -75,9 +77,16 @@ class RunLayout:
         self.labels = self.root / "labels"
         self.overlays = self.root / "overlays"
         self.parts = self.root / "parts"
+        self.soft = self.root / "soft"
+        self.evals = self.root / "eval"
 
     def part(self, settings_key: str, sha256: str) -> Path:
         return self.parts / settings_key / f"{sha256}.parquet"
+
+    def soft_map(self, label_file: str) -> Path:
+        """Soft-map path for a manifest ``label_file`` (``labels/a/b.png`` -> ``soft/a/b.npz``)."""
+        rel = Path(label_file).relative_to("labels")
+        return self.soft / rel.with_suffix(".npz")
 
     def read_run_json(self) -> dict | None:
         try:
@@ -245,3 +254,37 @@ def read_label_png(path: Path) -> np.ndarray:
 
     with Image.open(path) as im:
         return np.asarray(im)
+
+
+#: Soft maps: the one optional place a stage may keep per-pixel class probabilities next to its hard labels.
+SOFT_MAP_FORMAT = (
+    "NumPy .npz with 'probs' float16 (K, h, w) class probabilities in [0, 1] and 'classes' int32 (K,) "
+    "vocabulary indices; (h, w) may be coarser than the image (readers resize bilinearly); per pixel the "
+    "probabilities sum to at most 1 and the remainder is the probability of 'unlabeled'"
+)
+
+
+def write_soft_map(path: Path, probs: np.ndarray, classes) -> None:
+    """Store class probabilities ``probs`` (K, h, w) (any float dtype, values in [0, 1]) for the vocabulary
+    indices ``classes`` (K,), as float16, atomically. See :data:`SOFT_MAP_FORMAT`."""
+    probs = np.asarray(probs)
+    classes = np.asarray(classes, dtype=np.int32).reshape(-1)
+    if probs.ndim != 3 or probs.shape[0] != len(classes):
+        raise ValueError(f"soft map must be (K, h, w) with K = len(classes); got {probs.shape} and {len(classes)}")
+    if len(set(classes.tolist())) != len(classes) or (classes < 0).any() or (classes >= IGNORE_INDEX).any():
+        raise ValueError(f"soft-map classes must be distinct vocabulary indices in [0, 255); got {classes.tolist()}")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, probs=np.clip(probs, 0, 1).astype(np.float16), classes=classes)
+
+
+def read_soft_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(probs float32 (K, h, w), classes int32 (K,))`` from :func:`write_soft_map`'s file; ValueError if
+    the file does not follow :data:`SOFT_MAP_FORMAT`."""
+    with np.load(path, allow_pickle=False) as z:
+        if "probs" not in z or "classes" not in z:
+            raise ValueError(f"soft map '{path}' lacks 'probs' or 'classes' ({SOFT_MAP_FORMAT})")
+        probs, classes = z["probs"].astype(np.float32), z["classes"].astype(np.int32)
+    if probs.ndim != 3 or probs.shape[0] != len(classes):
+        raise ValueError(f"soft map '{path}': probs {probs.shape} does not match {len(classes)} classes")
+    return probs, classes
