@@ -93,13 +93,11 @@ class SamModel:
         pe = self.sam.prompt_encoder
         with autocast(self.device, self.precision):
             sparse, dense = pe(points=(coords, labels), boxes=None, masks=None)
-            low_res, iou = self.sam.mask_decoder(
-                image_embeddings=emb.features,
-                image_pe=pe.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-            )
+            low_res, iou = decode_shared_image(self.sam.mask_decoder, emb.features, pe.get_dense_pe(), sparse, dense[:1])
+        if not multimask:  # as MaskDecoder.forward: token 0 is the single-mask output, 1-3 the multimask ones
+            low_res, iou = low_res[:, :1], iou[:, :1]
+        else:
+            low_res, iou = low_res[:, 1:], iou[:, 1:]
         self.stats["sam_decoder_calls"] += 1
         self.stats["sam_prompts"] += len(coords)
         return low_res.float(), iou.float()
@@ -131,6 +129,36 @@ class SamModel:
         """Binary masks at the original resolution: bool ``(P, H, W)`` from logits ``(P, 1, h, w)``."""
         masks = self.sam.postprocess_masks(low_res_logits, emb.input_size, emb.original_size)
         return masks[:, 0] > self.sam.mask_threshold
+
+
+def decode_shared_image(decoder, image_embeddings, image_pe, sparse, dense) -> tuple[torch.Tensor, torch.Tensor]:
+    """segment-anything's ``MaskDecoder.predict_masks`` for B prompts on ONE image, without copying the
+    image B times. Returns all mask tokens' low-res logits ``(B, 1 + M, 4h, 4w)`` and IoUs ``(B, 1 + M)``.
+
+    ``image_embeddings``, ``image_pe`` and ``dense`` are ``(1, C, h, w)``: ``dense`` is the prompt
+    encoder's no-mask embedding, the same for every point prompt. segment-anything repeats the image
+    embedding, its positional encoding and the dense embedding per prompt (three ``(B, C, h, w)`` copies),
+    then projects every copy. Its ``TwoWayTransformer`` and ``Attention`` modules broadcast over a batch
+    of one image and B prompts as they are, so here they get the single image: the first layer's image-side
+    projections run once instead of B times, and the copies are never made. The result is the same
+    computation (checked against ``MaskDecoder.forward`` in the tests); only the memory traffic is gone,
+    which on a CPU is most of the decoder's time.
+    """
+    tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat((tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)
+    src = image_embeddings + dense
+    _, c, h, w = src.shape
+    hs, src = decoder.transformer(src, image_pe, tokens)  # src: (B, h*w, C) after the first layer
+    iou_token_out = hs[:, 0, :]
+    mask_tokens_out = hs[:, 1 : (1 + decoder.num_mask_tokens), :]
+    src = src.transpose(1, 2).reshape(-1, c, h, w)
+    upscaled = decoder.output_upscaling(src)
+    hyper_in = torch.stack(
+        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+    )
+    b, c2, h2, w2 = upscaled.shape
+    masks = (hyper_in @ upscaled.view(b, c2, h2 * w2)).view(b, -1, h2, w2)
+    return masks, decoder.iou_prediction_head(iou_token_out)
 
 
 def build_tiny_sam():
