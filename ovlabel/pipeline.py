@@ -162,13 +162,16 @@ def run(inputs: str | Path, out: str | Path, cfg: PseudoLabelConfig, models: dic
     return summary
 
 
-def _label_images(layout, key, entries, names, cfg, lazy: _Models, summary: RunSummary) -> list[dict]:
-    """Process every entry; returns manifest rows (without image ids) in entry order."""
+def _label_images(layout, key, entries, names, cfg, lazy: _Models, summary: RunSummary, desc: str = "pseudo-label") -> list[dict]:
+    """Process every entry; returns manifest rows (without image ids) in entry order.
+
+    ``lazy.get()`` must return a stage whose ``process(images)`` gives one result with ``.masks`` per
+    image (``segment`` reuses this loop with its own stage)."""
     from tqdm import tqdm
 
     rows: dict[str, dict] = {}
     batch: list[tuple[ImageEntry, str, np.ndarray]] = []
-    bar = tqdm(total=len(entries), unit="img", desc="pseudo-label", disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(total=len(entries), unit="img", desc=desc, disable=not cfg.progress, dynamic_ncols=True)
 
     def record(entry, sha, status, reason=None, width=None, height=None, n=0):
         rows[entry.rel] = {

@@ -41,12 +41,14 @@ def _versions() -> dict:
     return out
 
 
-def start_run_json(layout: RunLayout, prev: dict | None, inputs, source, settings: dict, key: str) -> None:
+def start_run_json(
+    layout: RunLayout, prev: dict | None, inputs, source, settings: dict, key: str, command: str = "pseudo-label"
+) -> None:
     """Record, before any work, what this run is doing (status ``running``), keeping earlier history."""
     doc = dict(prev or {})
     doc.update({
         "ovlabel_version": __version__,
-        "command": "pseudo-label",
+        "command": command,
         "argv": sys.argv,
         "status": "running",
         "created": (prev or {}).get("created") or _now(),
