@@ -195,11 +195,22 @@ def test_any_class_names_and_order(trained):
     assert labels.shape == image.shape[:2] and labels.max() <= 2 and score.shape == (3,)
 
 
-def test_upsampled_argmax_in_chunks_equals_full():
-    sim = torch.randn(7, 3, 5, generator=torch.Generator().manual_seed(0))
-    lab, best = seg.upsampled_argmax(sim, 30, 41, budget=2 * 30 * 41)  # 2 classes per chunk
-    full = torch.nn.functional.interpolate(sim[None], size=(30, 41), mode="bilinear", align_corners=False)[0]
-    assert torch.equal(lab, full.argmax(0)) and torch.allclose(best, full.max(0).values)
+def test_upsampled_argmax_equals_full_interpolation(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    noisy = torch.randn(7, 3, 5, generator=g)  # every class wins somewhere: all upsampled, 2 per chunk
+    clean = torch.full((50, 4, 6), -1.0) + 0.01 * torch.randn(50, 4, 6, generator=g)
+    clean[5, :, :3] = 0.9  # class 5 left, class 31 right: no other class can win anywhere
+    clean[31, :, 3:] = 0.8
+    clean[31, :, 2] = 0.85
+    seen = []
+    dense = seg._upsampled_argmax_dense
+    monkeypatch.setattr(seg, "_upsampled_argmax_dense", lambda s, *a: seen.append(s.shape[0]) or dense(s, *a))
+    for sim, h, w in [(noisy, 30, 41), (clean, 37, 50), (clean, 4, 6)]:
+        lab, best = seg.upsampled_argmax(sim, h, w, budget=2 * h * w)
+        full = torch.nn.functional.interpolate(sim[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        assert torch.equal(lab, full.argmax(0)) and torch.allclose(best, full.max(0).values)
+    assert seen == [7, 2, 2]  # only the classes that can win are upsampled
+    assert set(seg.upsampled_argmax(clean, 37, 50)[0].unique().tolist()) == {5, 31}
 
 
 def test_crf_refinement_cleans_noisy_probabilities():

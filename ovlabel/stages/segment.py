@@ -51,15 +51,31 @@ def crf_refine(image: np.ndarray, probs: np.ndarray, params: dict = CRF_PARAMS) 
 
 
 def upsampled_argmax(sim: torch.Tensor, height: int, width: int, budget: int = 1 << 25) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bilinearly upsample class similarities ``(C, rows, cols)`` to ``(height, width)`` and take the
-    per-pixel argmax, a few classes at a time (at most ``budget`` floats per chunk) so memory stays flat
-    for large vocabularies. Returns ``(labels int64 (H, W), best similarity float32 (H, W))``; ties keep
-    the lower class index, as ``argmax`` does."""
+    """Per-pixel argmax of class similarities ``(C, rows, cols)`` upsampled bilinearly to ``(height,
+    width)`` (``align_corners=False``, as ``F.interpolate``). Returns ``(labels int64 (H, W), best
+    similarity float32 (H, W))``; ties keep the lower class index, as ``argmax`` does.
+
+    Exact pruning: a pixel's value is a convex combination of its 4 neighbouring patches, so class ``c``
+    can only win in the cell between 4 patch centres if its largest value there reaches the best smallest
+    value of any class there. Only classes that can win somewhere are upsampled (usually a small part of
+    a large vocabulary), a few at a time (at most ``budget`` floats per chunk) so memory stays flat.
+    """
+    sim = sim.float()
+    pad = F.pad(sim[None], (1, 1, 1, 1), mode="replicate")  # each 2x2 window = one cell, edges clamped
+    cmax = F.max_pool2d(pad, 2, stride=1)[0]  # (C, rows + 1, cols + 1)
+    cmin = -F.max_pool2d(-pad, 2, stride=1)[0]
+    can_win = (cmax >= cmin.max(dim=0, keepdim=True).values).flatten(1).any(dim=1)
+    keep = torch.nonzero(can_win)[:, 0]  # ascending, so ties still go to the lower class index
+    labels, best = _upsampled_argmax_dense(sim[keep], height, width, budget)
+    return keep[labels], best
+
+
+def _upsampled_argmax_dense(sim: torch.Tensor, height: int, width: int, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
     c = sim.shape[0]
     chunk = max(1, budget // (height * width))
     best = labels = None
     for c0 in range(0, c, chunk):
-        up = F.interpolate(sim[None, c0 : c0 + chunk].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
+        up = F.interpolate(sim[None, c0 : c0 + chunk], size=(height, width), mode="bilinear", align_corners=False)[0]
         val, idx = up.max(dim=0)
         if best is None:
             best, labels = val, idx
@@ -217,7 +233,9 @@ def run(inputs: str | Path, out: str | Path, cfg: SegmentConfig, models: dict | 
         "vocabulary": vocab.to_json(),
         "templates": templates.to_json(),
         "models": names,
-        "checkpoint": {"path": str(weights.parent), "sha256": file_sha256(weights), "epoch": config.get("epoch")},
+        # the weights' digest, not their folder: a moved checkpoint still resumes (the folder is recorded
+        # in run.json's last_invocation.parameters)
+        "checkpoint": {"sha256": file_sha256(weights), "epoch": config.get("epoch")},
         "segment": {
             "resolution": cfg.resolution or int(config["resolution"]), "max_aspect": config["max_aspect"],
             "temperature": config["temperature"], "refine": cfg.refine, "crf": CRF_PARAMS if cfg.refine else None,

@@ -128,6 +128,7 @@ def load_train_set(
     seed: int,
     min_labelled: float,
     image_root: str | Path | None = None,
+    progress: bool = False,
 ) -> TrainSet:
     """Patch labels for every labelled image of a pseudo-label run (images are not read here; their
     content hash is checked when their features are computed)."""
@@ -136,8 +137,10 @@ def load_train_set(
     root = Path(image_root).expanduser().resolve() if image_root else Path(run["input"]["root"])
     rows = [r for r in read_manifest(layout.manifest) if r["status"] == "ok"]
     masks = read_masks(layout.masks)
+    from tqdm import tqdm
+
     images, skipped = [], []
-    for r in rows:
+    for r in tqdm(rows, desc="patch labels", unit="img", disable=not progress, dynamic_ncols=True):
         ms = masks.get(r["image_id"], MaskSet.empty())
         ms = subsample(ms, stage12_fraction, seed, r["sha256"])
         if not len(ms):
