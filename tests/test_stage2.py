@@ -237,3 +237,17 @@ def test_segment_refine_runs_end_to_end(trained, tmp_path):
     lm = read_label_png(next((out / "labels").glob("*.png")))
     assert lm.shape == test_gt["scene_001.png"].shape and lm.max() < 4
     assert json.loads((out / "run.json").read_text())["settings"]["segment"]["crf"]["iterations"] == 10
+
+
+def test_moved_or_changed_images(tmp_path, tiny_models, capsys):
+    gt = write_images(tmp_path / "imgs", 3, seed=7)
+    run = write_run(tmp_path / "run", tmp_path / "imgs", gt)
+    (tmp_path / "imgs").rename(tmp_path / "moved")
+    with pytest.raises(OvlabelError, match="ran no training step.*pass --images"):
+        train_mod.train(run, tmp_path / "a", tiny_cfg(tmp_path, epochs=1), tiny_models)
+    Image.fromarray(np.zeros((112, 112, 3), np.uint8)).save(tmp_path / "moved" / "scene_001.png")  # changed since labelled
+    summary = train_mod.train(run, tmp_path / "b", tiny_cfg(tmp_path, epochs=1, images=str(tmp_path / "moved")), tiny_models)
+    assert summary.failures == [("scene_001.png", "the file changed since it was pseudo-labelled (content hash differs)")]
+    assert "skipping scene_001.png" in capsys.readouterr().err
+    prov = json.loads((tmp_path / "b" / "train.json").read_text())
+    assert prov["skipped_images"] == [["scene_001.png", summary.failures[0][1]]]

@@ -55,10 +55,12 @@ def upsampled_argmax(sim: torch.Tensor, height: int, width: int, budget: int = 1
     width)`` (``align_corners=False``, as ``F.interpolate``). Returns ``(labels int64 (H, W), best
     similarity float32 (H, W))``; ties keep the lower class index, as ``argmax`` does.
 
-    Exact pruning: a pixel's value is a convex combination of its 4 neighbouring patches, so class ``c``
-    can only win in the cell between 4 patch centres if its largest value there reaches the best smallest
-    value of any class there. Only classes that can win somewhere are upsampled (usually a small part of
-    a large vocabulary), a few at a time (at most ``budget`` floats per chunk) so memory stays flat.
+    Pruning, exact up to float rounding: a pixel's value is a convex combination of its 4 neighbouring
+    patches, so class ``c`` can only win in the cell between 4 patch centres if its largest value there
+    reaches the best smallest value of any class there. Only classes that can win somewhere are
+    upsampled (few of a large vocabulary when one class clearly leads in each region; all of them when
+    similarities are near-tied everywhere), a few at a time (at most ``budget`` floats per chunk) so
+    memory stays flat.
     """
     sim = sim.float()
     pad = F.pad(sim[None], (1, 1, 1, 1), mode="replicate")  # each 2x2 window = one cell, edges clamped

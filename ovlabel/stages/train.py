@@ -142,6 +142,8 @@ def train(run_dir: str | Path, out: str | Path, cfg: TrainAlignConfig, models: d
     from ovlabel.text import class_text_features
 
     all_text = class_text_features(clip, data.vocab, data.templates).to(device)
+    text_identity = clip.identity
+    del clip  # the text encoder is not needed any more (frees its memory when we loaded it)
     counts = data.class_counts()
     used = np.flatnonzero(counts > 0)  # "the detected categories in the dataset" (§3.3)
     lut = np.full(len(data.vocab) + 1, -1, np.int64)
@@ -162,7 +164,7 @@ def train(run_dir: str | Path, out: str | Path, cfg: TrainAlignConfig, models: d
     bad: dict[str, str] = {}
     config = {
         "format": ck.CHECKPOINT_FORMAT, "format_version": ck.CHECKPOINT_VERSION, "module": module.dims(),
-        "vision_encoder": encoder.identity, "text_encoder": clip.identity, "templates": data.templates.to_json(),
+        "vision_encoder": encoder.identity, "text_encoder": text_identity, "templates": data.templates.to_json(),
         "resolution": cfg.resolution, "max_aspect": cfg.max_aspect, "patch_size": encoder.patch_size,
         "temperature": cfg.temperature,
     }
@@ -180,14 +182,19 @@ def train(run_dir: str | Path, out: str | Path, cfg: TrainAlignConfig, models: d
             batch = [data.images[i] for i in order[s * cfg.batch_size : (s + 1) * cfg.batch_size]]
             feats, labels = _batch_features(batch, encoder, cache, bad, summary, cfg, device)
             loss, parts = _step(module, opt, feats, labels, lut, text, cfg.temperature, device, precision)
-            sched.step()
-            if loss is not None:
+            if loss is not None:  # a batch without two labelled patches (unreadable images) is no step
+                sched.step()
                 sums += (loss, parts["patch_text"], parts["patch_patch"])
                 steps += 1
             bar.update(1)
             bar.set_postfix(loss=f"{sums[0] / max(steps, 1):.4f}", lr=f"{sched.get_last_lr()[0]:.2e}", refresh=False)
         bar.close()
-        mean = sums / max(steps, 1)
+        if steps == 0:
+            raise OvlabelError(
+                f"epoch {epoch + 1} ran no training step: {len(bad)} of {len(data.images)} images could not be read "
+                f"(first: {next(iter(bad.items()), ('-', '-'))}); pass --images if the run's images moved"
+            )
+        mean = sums / steps
         summary.history.append({
             "epoch": epoch + 1, "loss": float(mean[0]), "patch_text": float(mean[1]), "patch_patch": float(mean[2]),
             "steps": steps, "lr_end": float(sched.get_last_lr()[0]), "seconds": round(time.perf_counter() - t0, 3),
