@@ -56,7 +56,7 @@ def main() -> None:
 
     import torch
 
-    from ovlabel.config import ClassifyConfig, PseudoLabelConfig, SegmentConfig
+    from ovlabel.config import AutoMaskConfig, ClassifyConfig, PseudoLabelConfig
     from ovlabel.device import resolve_device, resolve_precision
     from ovlabel.io.images import decode_image, discover_images, read_file
     from ovlabel.models.registry import load_model, parse_model
@@ -80,12 +80,12 @@ def main() -> None:
     for e in entries:
         shutil.copy(e.path, Path(folder.name) / e.path.name)
 
-    seg = SegmentConfig(
+    seg = AutoMaskConfig(
         points_per_side=args.points_per_side, pred_iou_thresh=_iou_threshold(sam, images[0], args),
         stability_score_thresh=0.0, box_nms_thresh=args.box_nms_thresh, min_area=0.0, max_area=1.0,
     )
     cfg = PseudoLabelConfig(
-        vocab="coco-stuff", device=args.device, precision=args.precision, segment=seg,
+        vocab="coco-stuff", device=args.device, precision=args.precision, automask=seg,
         classify=ClassifyConfig(classifier=args.classifier), progress=False,
     )
     timers: dict[str, float] = {}

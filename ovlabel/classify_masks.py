@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ovlabel.artifacts import RunLayout
-from ovlabel.config import ClassifyConfig, DetectConfig, MergeConfig, PseudoLabelConfig, SegmentConfig
+from ovlabel.config import AutoMaskConfig, ClassifyConfig, DetectConfig, MergeConfig, PseudoLabelConfig
 from ovlabel.errors import OvlabelError
 from ovlabel.pipeline import RunSummary, run
 
@@ -27,7 +27,7 @@ def config_from_run(doc: dict) -> PseudoLabelConfig:
                                     "image_batch", "overlays") if k in params}
     cfg = PseudoLabelConfig(**fields, detect=DetectConfig(**params["detect"]),
                             stages=tuple(params.get("stages", ["1.1"])))
-    for name, klass in (("segment", SegmentConfig), ("classify", ClassifyConfig), ("merge", MergeConfig)):
+    for name, klass in (("automask", AutoMaskConfig), ("classify", ClassifyConfig), ("merge", MergeConfig)):
         if name in params:
             cfg = replace(cfg, **{name: klass(**params[name])})
     return cfg
@@ -35,7 +35,7 @@ def config_from_run(doc: dict) -> PseudoLabelConfig:
 
 def classify_masks(
     run_dir: str | Path,
-    segment: SegmentConfig | dict | None = None,
+    automask: AutoMaskConfig | dict | None = None,
     classify: ClassifyConfig | dict | None = None,
     merge: MergeConfig | dict | None = None,
     images: str | Path | None = None,
@@ -44,7 +44,7 @@ def classify_masks(
 ) -> RunSummary:
     """Add Stage 1.2 to the run in ``run_dir`` (or redo it, or re-merge the stages).
 
-    ``segment``/``classify``/``merge``: a config, or a dict of fields to change in the run's own config
+    ``automask``/``classify``/``merge``: a config, or a dict of fields to change in the run's own config
     (the defaults if the run has no Stage 1.2 yet); None keeps the run's own.
     ``images``: where the run's images are now, if they moved. ``overrides``: other
     :class:`PseudoLabelConfig` fields for this invocation (``device``, ``precision``, ``overwrite``,
@@ -57,7 +57,7 @@ def classify_masks(
         raise OvlabelError(f"'{run_dir}' is not an ovlabel run (no run.json); make one with `ovlabel pseudo-label`")
     cfg = config_from_run(doc)
     changes = {}
-    for name, value in (("segment", segment), ("classify", classify), ("merge", merge)):
+    for name, value in (("automask", automask), ("classify", classify), ("merge", merge)):
         if isinstance(value, dict):
             changes[name] = replace(getattr(cfg, name), **value)
         elif value is not None:

@@ -36,12 +36,12 @@ def sample_stage12(n: int, sha256: str, cfg: MergeConfig) -> np.ndarray:
 
 
 def merge_stages(parts: dict[str, MaskSet], sha256: str, cfg: MergeConfig) -> MaskSet:
-    """One image's final masks from its per-stage masks (``{"1.1": ..., "1.2": ...}``, either optional)."""
+    """One image's final masks from its per-stage masks (``{"1.1": ..., "1.2": ...}``, either optional;
+    other stages, such as ``segment``'s, pass through unchanged after them)."""
     sets = []
-    for stage in STAGE_ORDER:
-        ms = parts.get(stage)
-        if ms is None:
-            continue
+    order = [s for s in STAGE_ORDER if s in parts] + sorted(s for s in parts if s not in STAGE_ORDER)
+    for stage in order:
+        ms = parts[stage]
         if stage == "1.2":
             ms = ms.filter(sample_stage12(len(ms), sha256, cfg))
         sets.append(ms)

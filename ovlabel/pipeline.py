@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ovlabel.artifacts import RunLayout, label_names, part_info, read_part, write_label_png, write_part
-from ovlabel.config import PseudoLabelConfig
+from ovlabel.config import MergeConfig, PseudoLabelConfig
 from ovlabel.errors import ImageDecodeError, OvlabelError
 from ovlabel.io.images import ImageEntry, decode_image, discover_images, read_file
 from ovlabel.masks import MaskSet
@@ -108,7 +108,7 @@ class _Models:
             crop_text = None
             if "1.2" in cfg.stages and cfg.classify.needs_crops:
                 crop_text = class_text_features(clip, self.vocab, load_templates(cfg.classify.templates))
-            self.stage = Stage1(clip, sam, text, cfg.detect, cfg.segment, cfg.classify, crop_text)
+            self.stage = Stage1(clip, sam, text, cfg.detect, cfg.automask, cfg.classify, crop_text)
         return self.stage
 
     def identities(self) -> dict | None:
@@ -133,12 +133,12 @@ def run_settings(cfg: PseudoLabelConfig, vocab, templates, model_names: dict) ->
     if "1.1" in cfg.stages:  # = the whole-run key of a Stage 1.1 run: parts of 0.1 runs stay valid
         keys["1.1"] = settings_key({"stages": ["1.1"], **base, "detect": detect})
     if "1.2" in cfg.stages:
-        settings["segment"] = cfg.segment.result_params()
+        settings["automask"] = cfg.automask.result_params()
         settings["classify"] = cfg.classify.result_params()
         settings["merge"] = asdict(cfg.merge)
         presence = {k: v for k, v in detect.items() if k not in ("points_per_class", "multimask")}
         keys["1.2"] = settings_key({
-            "stage": "1.2", **base, "detect": presence, "segment": settings["segment"],
+            "stage": "1.2", **base, "detect": presence, "automask": settings["automask"],
             "classify": settings["classify"],
         })
     return settings, keys
@@ -197,7 +197,7 @@ def run(
 
     summary = RunSummary(out=out, total=len(source.entries))
     names = label_names([e.rel for e in source.entries])
-    store = _PartStore(layout, stage_keys, cfg)
+    store = _PartStore(layout, stage_keys, cfg.merge)
     rows = _label_images(store, source.entries, names, cfg, lazy, summary)
     summary.stats = lazy.stats()
     finalize(layout, key, store, source, rows, vocab, settings, lazy, cfg, summary)
@@ -207,8 +207,8 @@ def run(
 class _PartStore:
     """The per-image, per-stage part files of one run, and the merge of an image's stages."""
 
-    def __init__(self, layout: RunLayout, stage_keys: dict[str, str], cfg: PseudoLabelConfig):
-        self.layout, self.keys, self.merge = layout, stage_keys, cfg.merge
+    def __init__(self, layout: RunLayout, stage_keys: dict[str, str], merge: MergeConfig | None = None):
+        self.layout, self.keys, self.merge = layout, stage_keys, merge or MergeConfig()
 
     def path(self, stage: str, sha: str) -> Path:
         return self.layout.part(self.keys[stage], sha)
@@ -238,14 +238,20 @@ class _PartStore:
         return masks.label_map(height, width, policy=self.merge.paint)
 
 
-def _label_images(store: _PartStore, entries, names, cfg, lazy: _Models, summary: RunSummary) -> list[dict]:
-    """Process every entry; returns manifest rows (without image ids) in entry order."""
+def _label_images(
+    store: _PartStore, entries, names, cfg, lazy, summary: RunSummary, desc: str = "pseudo-label"
+) -> list[dict]:
+    """Process every entry; returns manifest rows (without image ids) in entry order.
+
+    ``lazy.get()`` must return a stage whose ``process(images, needs)`` gives, per image, a result whose
+    ``.masks`` maps each needed stage of ``store`` to a :class:`MaskSet` (``segment`` reuses this loop with
+    its own one-stage store)."""
     from tqdm import tqdm
 
     layout = store.layout
     rows: dict[str, dict] = {}
     batch: list[tuple[ImageEntry, str, np.ndarray, set[str]]] = []
-    bar = tqdm(total=len(entries), unit="img", desc="pseudo-label", disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(total=len(entries), unit="img", desc=desc, disable=not cfg.progress, dynamic_ncols=True)
 
     def record(entry, sha, status, reason=None, width=None, height=None, n=0):
         rows[entry.rel] = {

@@ -64,7 +64,7 @@ def test_changing_only_the_merge_recomputes_nothing(image_folder, tmp_path):
     assert sources(run).count("stage1.1") == [m["source"] for m in before].count("stage1.1")
     doc = json.loads((run / "run.json").read_text())
     assert doc["settings"]["merge"] == {"stage12_ratio": 0.3, "seed": 0, "paint": "small-on-top"}
-    assert doc["settings"]["segment"]["pred_iou_thresh"] == 0  # the run's own Stage 1.2 settings kept
+    assert doc["settings"]["automask"]["pred_iou_thresh"] == 0  # the run's own Stage 1.2 settings kept
 
 
 def test_stage12_alone(image_folder, tmp_path):

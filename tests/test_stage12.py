@@ -11,7 +11,7 @@ import torch
 
 from conftest import blocks_image
 from fakes import FakeClip, FakeSam
-from ovlabel.config import ClassifyConfig, DetectConfig, MergeConfig, PseudoLabelConfig, SegmentConfig, parse_stages
+from ovlabel.config import AutoMaskConfig, ClassifyConfig, DetectConfig, MergeConfig, PseudoLabelConfig, parse_stages
 from ovlabel.errors import OvlabelError
 from ovlabel.masks import SOURCE_STAGE_1_1, SOURCE_STAGE_1_2, MaskSet
 from ovlabel.merge import merge_stages, merged_count, sample_stage12
@@ -22,17 +22,17 @@ from ovlabel.text import class_text_features
 from ovlabel.vocab import load_templates, load_vocabulary
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
-SEG = SegmentConfig(points_per_side=8, points_per_batch=16, min_area=0.0)
+SEG = AutoMaskConfig(points_per_side=8, points_per_batch=16, min_area=0.0)
 DET = DetectConfig(resolution=64, min_crops=1)
 
 
-def make_stage1(classifier="fmbseg", segment=SEG, detect=DET, scores=(0.9, 0.5, 0.1), lam=0.7):
+def make_stage1(classifier="fmbseg", automask_cfg=SEG, detect=DET, scores=(0.9, 0.5, 0.1), lam=0.7):
     clip, sam = FakeClip(), FakeSam(scores)
     vocab = load_vocabulary("red,green,blue")
     text = class_text_features(clip, vocab, load_templates("fmbseg"), use_cache=False)
     crop_text = class_text_features(clip, vocab, load_templates("vild"), use_cache=False)
     cfg = ClassifyConfig(classifier=classifier, ensemble_lambda=lam)
-    return Stage1(clip, sam, text, detect, segment, cfg, crop_text), clip, sam
+    return Stage1(clip, sam, text, detect, automask_cfg, cfg, crop_text), clip, sam
 
 
 def three_blocks(h=64, w=96):
@@ -59,12 +59,12 @@ def test_automatic_masks_find_each_region_once():
 def test_automatic_mask_filters_predicted_iou_stability_and_area():
     sam = FakeSam(scores=(0.9, 0.95, 0.1))  # the whole-image mask is the most confident candidate
     (emb,) = sam.embed([three_blocks()])
-    keep_all = automask.generate(sam, emb, SegmentConfig(points_per_side=4, min_area=0.0, max_area=1.0))
+    keep_all = automask.generate(sam, emb, AutoMaskConfig(points_per_side=4, min_area=0.0, max_area=1.0))
     assert len(keep_all) == 4 and keep_all.masks[0].all()  # best predicted IoU first
-    no_whole = automask.generate(sam, emb, SegmentConfig(points_per_side=4, min_area=0.0, max_area=0.9))
+    no_whole = automask.generate(sam, emb, AutoMaskConfig(points_per_side=4, min_area=0.0, max_area=0.9))
     assert len(no_whole) == 3 and not any(m.all() for m in no_whole.masks)
-    assert len(automask.generate(sam, emb, SegmentConfig(points_per_side=4, pred_iou_thresh=0.96))) == 0
-    assert len(automask.generate(sam, emb, SegmentConfig(points_per_side=4, min_area=0.4, max_area=0.9))) == 0
+    assert len(automask.generate(sam, emb, AutoMaskConfig(points_per_side=4, pred_iou_thresh=0.96))) == 0
+    assert len(automask.generate(sam, emb, AutoMaskConfig(points_per_side=4, min_area=0.4, max_area=0.9))) == 0
 
 
 def test_stability_score_is_the_iou_of_the_two_offset_thresholds():
@@ -216,8 +216,8 @@ def test_paint_policies_decide_who_wins_overlaps():
     [
         (lambda: ClassifyConfig(classifier="clip"), "classifier='clip' is invalid: expected fmbseg or ovseg or ensemble"),
         (lambda: ClassifyConfig(ensemble_lambda=1.5), "ensemble_lambda=1.5"),
-        (lambda: SegmentConfig(min_area=0.5, max_area=0.2), "max_area=0.2"),
-        (lambda: SegmentConfig(points_per_side=0), "points_per_side=0"),
+        (lambda: AutoMaskConfig(min_area=0.5, max_area=0.2), "max_area=0.2"),
+        (lambda: AutoMaskConfig(points_per_side=0), "points_per_side=0"),
         (lambda: MergeConfig(stage12_ratio=2), "stage12_ratio=2"),
         (lambda: MergeConfig(paint="random"), "paint='random'"),
         (lambda: PseudoLabelConfig(stages="1.3"), "--stages '1.3' is invalid"),

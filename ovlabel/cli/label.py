@@ -11,16 +11,16 @@ from ovlabel.cli._app import _guard, _heavy_setup, app
 from ovlabel.config import (
     CLASSIFIERS,
     PAINT_POLICIES,
+    AutoMaskConfig,
     ClassifyConfig,
     DetectConfig,
     MergeConfig,
     PseudoLabelConfig,
-    SegmentConfig,
 )
 
 _D = DetectConfig()
 _P = PseudoLabelConfig()
-_S, _C, _M = SegmentConfig(), ClassifyConfig(), MergeConfig()
+_S, _C, _M = AutoMaskConfig(), ClassifyConfig(), MergeConfig()
 
 
 def _opt(name: str, help: str, default) -> typer.Option:
@@ -56,7 +56,7 @@ def _stage12(points_per_side, points_per_batch, pred_iou_thresh, stability_thres
              top_k, stage12_ratio, seed, paint) -> dict[str, dict]:
     """The Stage 1.2 options given on the command line, as field overrides per config."""
     return {
-        "segment": _given(
+        "automask": _given(
             points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
             stability_score_thresh=stability_thresh, stability_score_offset=stability_offset,
             box_nms_thresh=box_nms_thresh, min_area=min_area, max_area=max_area, min_region_area=min_region_area,
@@ -125,7 +125,7 @@ def pseudo_label(
             min_crops=min_crops, points_per_class=points, multimask=multimask,
             clip_batch_size=clip_batch_size, sam_batch_size=sam_batch_size,
         ),
-        segment=SegmentConfig(**over["segment"]), classify=ClassifyConfig(**over["classify"]),
+        automask=AutoMaskConfig(**over["automask"]), classify=ClassifyConfig(**over["classify"]),
         merge=MergeConfig(**over["merge"]),
         image_batch=image_batch, overwrite=overwrite, overlays=overlays, progress=progress,
     ))

@@ -5,10 +5,13 @@ Syntax: ``FAMILY:ARCH[/WEIGHTS]``.
 - ``clip:ARCH/TAG`` an open_clip architecture and pretrained tag, e.g. ``clip:ViT-L-14/openai``
   (FMbSeg's choice, seed 003 §4.1). Without a tag, ``openai`` when it exists.
 - ``sam:vit_h``, ``sam:vit_l``, ``sam:vit_b``: segment-anything with the official checkpoint.
+- ``dinov2:dinov2_vitl14`` (FMbSeg's choice, seed 003 §4.1), ``dinov2_vits14``, ``dinov2_vitb14``,
+  ``dinov2_vitg14``, each also with registers (``dinov2_vitb14_reg``): DINOv2 through torch.hub with the
+  official checkpoint (see :mod:`ovlabel.models.dinov2`).
 - ``WEIGHTS`` may instead be a local file (``clip:ViT-B-16/ckpt/model.bin``), an ``http(s)://`` URL
   (downloaded once into ``$TORCH_HOME/hub/checkpoints``), or ``random`` (full-size architecture,
   random weights: for timing only).
-- ``clip:tiny`` and ``sam:tiny``: tiny random-initialised models on the same code path, for tests and
+- ``clip:tiny``, ``sam:tiny`` and ``dinov2:tiny``: tiny random-initialised models on the same code path, for tests and
   offline demos. Their outputs are meaningless and runs record that in ``run.json``.
 
 OpenAI CLIP checkpoints need QuickGELU; for a local file of OpenAI weights name the ``-quickgelu``
@@ -23,13 +26,15 @@ from pathlib import Path
 
 from ovlabel.errors import OvlabelError
 
-FAMILIES = ("clip", "sam")
+FAMILIES = ("clip", "sam", "dinov2")
 SAM_ARCHS = ("vit_h", "vit_l", "vit_b")
+#: torch.hub entry points of facebookresearch/dinov2 (backbones; ``_reg``: with 4 register tokens).
+DINOV2_ARCHS = tuple(f"dinov2_vit{size}14{reg}" for size in "sblg" for reg in ("", "_reg"))
 
 #: ``--models`` presets: one spec per family.
 MODEL_PRESETS = {
-    "default": {"clip": "clip:ViT-L-14/openai", "sam": "sam:vit_h"},
-    "tiny": {"clip": "clip:tiny", "sam": "sam:tiny"},
+    "default": {"clip": "clip:ViT-L-14/openai", "sam": "sam:vit_h", "dinov2": "dinov2:dinov2_vitl14"},
+    "tiny": {"clip": "clip:tiny", "sam": "sam:tiny", "dinov2": "dinov2:tiny"},
 }
 
 #: Models ``ovlabel models`` lists (any open_clip ViT with a class token works, these are the usual ones).
@@ -45,6 +50,13 @@ KNOWN_MODELS = (
     ("sam:vit_l", "Segment Anything ViT-L, 1.2 GB"),
     ("sam:vit_b", "Segment Anything ViT-B, 358 MB"),
     ("sam:tiny", "tiny random SAM for tests and offline demos (meaningless output)"),
+    ("dinov2:dinov2_vitl14", "DINOv2 ViT-L/14, 1.2 GB (FMbSeg's choice, default for train-align)"),
+    ("dinov2:dinov2_vitb14", "DINOv2 ViT-B/14, 346 MB"),
+    ("dinov2:dinov2_vits14", "DINOv2 ViT-S/14, 88 MB"),
+    ("dinov2:dinov2_vitg14", "DINOv2 ViT-g/14, 4.5 GB"),
+    ("dinov2:dinov2_vitl14_reg", "DINOv2 ViT-L/14 with registers"),
+    ("dinov2:dinov2_vitb14_reg", "DINOv2 ViT-B/14 with registers"),
+    ("dinov2:tiny", "tiny random DINOv2-shaped ViT for tests and offline demos (meaningless output)"),
 )
 
 
@@ -73,7 +85,7 @@ class ModelSpec:
 
 
 def parse_model(value: str, family: str) -> ModelSpec:
-    """Parse a model string for ``family`` (``clip`` or ``sam``); the ``family:`` prefix is optional.
+    """Parse a model string for ``family`` (``clip``, ``sam`` or ``dinov2``); the ``family:`` prefix is optional.
 
     Raises :class:`OvlabelError` naming the bad part and the accepted values.
     """
@@ -96,6 +108,8 @@ def parse_model(value: str, family: str) -> ModelSpec:
         return _parse_clip(value, arch, weights)
     if family == "sam":
         return _parse_sam(value, arch, weights)
+    if family == "dinov2":
+        return _parse_dinov2(value, arch, weights)
     raise OvlabelError(f"unknown model family '{family}': use one of {', '.join(FAMILIES)}")
 
 
@@ -140,14 +154,20 @@ def _parse_sam(value: str, arch: str, weights: str) -> ModelSpec:
     return _weights_kind(value, "sam", arch, weights, ["official"])
 
 
+def _parse_dinov2(value: str, arch: str, weights: str) -> ModelSpec:
+    if arch not in DINOV2_ARCHS:
+        raise OvlabelError(f"unknown DINOv2 architecture '{arch}' in '{value}': use one of {', '.join(DINOV2_ARCHS)} or tiny")
+    if not weights:
+        return ModelSpec("dinov2", arch, "pretrained", "official")
+    return _weights_kind(value, "dinov2", arch, weights, ["official"])
+
+
 def resolve_models(preset: str, overrides: dict[str, str | None]) -> dict[str, ModelSpec]:
-    """Specs for every family: the ``--models`` preset, with per-family overrides (``--clip``, ``--sam``)."""
+    """Specs for the families named in ``overrides`` (a stage asks only for the models it uses): the
+    ``--models`` preset's choice, unless the override (``--clip``, ``--sam``, ``--dinov2``) is given."""
     if preset not in MODEL_PRESETS:
         raise OvlabelError(f"unknown --models preset '{preset}': use one of {', '.join(MODEL_PRESETS)}")
-    specs = {}
-    for family, default in MODEL_PRESETS[preset].items():
-        specs[family] = parse_model(overrides.get(family) or default, family)
-    return specs
+    return {family: parse_model(value or MODEL_PRESETS[preset][family], family) for family, value in overrides.items()}
 
 
 def weights_file(spec: ModelSpec, download: bool = True) -> Path | None:
@@ -161,7 +181,10 @@ def weights_file(spec: ModelSpec, download: bool = True) -> Path | None:
         return Path(spec.weights)
     if spec.family == "clip" and spec.kind == "pretrained":
         return w.fetch_open_clip(spec.arch, spec.weights, spec.name) if download else w.open_clip_cached_file(spec.arch, spec.weights)
-    url = spec.weights if spec.kind == "url" else w.SAM_CHECKPOINT_URLS[spec.arch]
+    if spec.kind == "url":
+        url = spec.weights
+    else:
+        url = w.dinov2_checkpoint_url(spec.arch) if spec.family == "dinov2" else w.SAM_CHECKPOINT_URLS[spec.arch]
     if download:
         return w.fetch_url(url, spec.name, spec.family, spec.arch)
     path = w.url_cache_path(url)
@@ -189,6 +212,10 @@ def load_model(spec: ModelSpec, device, precision: str):
         from ovlabel.models.clip import load_clip
 
         return load_clip(spec, device, precision)
+    if spec.family == "dinov2":
+        from ovlabel.models.dinov2 import load_dinov2
+
+        return load_dinov2(spec, device, precision)
     from ovlabel.models.sam import load_sam
 
     return load_sam(spec, device, precision)

@@ -1,7 +1,7 @@
 """Where pretrained weights come from, and what to tell the user when they cannot be had.
 
 CLIP weights are fetched by open_clip (Hugging Face Hub into ``$HF_HOME``, or its URL cache
-``~/.cache/clip``); SAM checkpoints by ``torch.hub.download_url_to_file`` into
+``~/.cache/clip``); SAM and DINOv2 checkpoints by ``torch.hub.download_url_to_file`` into
 ``$TORCH_HOME/hub/checkpoints``. Both show a progress bar. Any failure (offline machine, firewall, HTTP
 error) becomes a :class:`WeightsUnavailable` naming the exact file and how to supply it by hand.
 """
@@ -19,6 +19,19 @@ SAM_CHECKPOINT_URLS = {
     "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
     "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
 }
+
+
+#: Where facebookresearch/dinov2's hub entry points download their backbone checkpoints from.
+DINOV2_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
+
+
+def dinov2_checkpoint_url(arch: str) -> str:
+    """The official checkpoint of a DINOv2 hub entry point (``dinov2_vitb14`` ->
+    ``.../dinov2_vitb14/dinov2_vitb14_pretrain.pth``; ``dinov2_vitb14_reg`` -> ``..._reg4_pretrain.pth``),
+    the same file ``torch.hub.load("facebookresearch/dinov2", arch)`` would fetch into the same cache."""
+    base = arch.removesuffix("_reg")
+    full = base + ("_reg4" if arch.endswith("_reg") else "")
+    return f"{DINOV2_BASE_URL}/{base}/{full}_pretrain.pth"
 
 
 def torch_checkpoint_dir() -> Path:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ovlabel.config import SegmentConfig
+from ovlabel.config import AutoMaskConfig
 
 #: Survivors are upsampled to full resolution this many at a time (bounds memory on large images).
 UPSCALE_CHUNK = 16
@@ -66,7 +66,7 @@ def _boxes(masks: torch.Tensor, sy: float, sx: float) -> torch.Tensor:
     return b * torch.tensor([sx, sy, sx, sy], device=b.device)
 
 
-def generate(sam, emb, cfg: SegmentConfig) -> AutoMasks:
+def generate(sam, emb, cfg: AutoMaskConfig) -> AutoMasks:
     """Automatic masks of the image ``emb`` was computed from (see the module docstring).
 
     ``sam``: a :class:`~ovlabel.models.sam.SamModel` (or an object with ``decode``,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ovlabel.config import ClassifyConfig, DetectConfig, SegmentConfig
+from ovlabel.config import AutoMaskConfig, ClassifyConfig, DetectConfig
 from ovlabel.masks import SOURCE_STAGE_1_2, MaskSet
 from ovlabel.stages import automask, classify
 from ovlabel.stages.detect import QuerySamWithClip, vote_classes
@@ -54,14 +54,14 @@ class Stage1:
     """
 
     def __init__(
-        self, clip, sam, text: torch.Tensor, detect: DetectConfig, segment: SegmentConfig,
+        self, clip, sam, text: torch.Tensor, detect: DetectConfig, automask_cfg: AutoMaskConfig,
         classify_cfg: ClassifyConfig, crop_text: torch.Tensor | None = None,
     ):
         if classify_cfg.needs_crops and crop_text is None:
             raise ValueError(f"classifier {classify_cfg.classifier!r} needs crop_text")
         self.detect = QuerySamWithClip(clip, sam, text, detect)
         self.clip, self.sam, self.text, self.crop_text = clip, sam, text, crop_text
-        self.segment, self.classify = segment, classify_cfg
+        self.automask_cfg, self.classify = automask_cfg, classify_cfg
         self.scale = float(clip.logit_scale)
 
     def process(self, images: list[np.ndarray], needs: list[set[str]]) -> list[Stage1Result]:
@@ -96,7 +96,7 @@ class Stage1:
         :class:`_Pending` whose OVSeg crops still have to go through CLIP."""
         if len(present) == 0:  # nothing detected: no class a mask could take
             return MaskSet.empty()
-        auto = automask.generate(self.sam, emb, self.segment)
+        auto = automask.generate(self.sam, emb, self.automask_cfg)
         if not len(auto):
             return MaskSet.empty()
         placeholder = np.full(len(auto), present[0], dtype=np.int32)
