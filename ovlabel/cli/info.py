@@ -23,8 +23,9 @@ def list_models():
             state = "yes" if weights_file(spec, download=False) else "no"
         typer.echo(f"{name:34} {state:8} {desc}")
     typer.echo(
-        "\nWeights download on first use into $HF_HOME (CLIP) and $TORCH_HOME/hub/checkpoints (SAM).\n"
-        "Offline: copy those caches over, or pass files: --clip clip:ViT-L-14-quickgelu/PATH --sam sam:vit_h/PATH"
+        "\nWeights download on first use into $HF_HOME (CLIP, BLIP) and $TORCH_HOME/hub/checkpoints (SAM).\n"
+        "Offline: copy those caches over, or pass files: --clip clip:ViT-L-14-quickgelu/PATH --sam sam:vit_h/PATH\n"
+        "--blip blip:itm-large-coco/FOLDER (a save_pretrained folder)"
     )
 
 

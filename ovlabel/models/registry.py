@@ -8,8 +8,11 @@ Syntax: ``FAMILY:ARCH[/WEIGHTS]``.
 - ``WEIGHTS`` may instead be a local file (``clip:ViT-B-16/ckpt/model.bin``), an ``http(s)://`` URL
   (downloaded once into ``$TORCH_HOME/hub/checkpoints``), or ``random`` (full-size architecture,
   random weights: for timing only).
-- ``clip:tiny`` and ``sam:tiny``: tiny random-initialised models on the same code path, for tests and
-  offline demos. Their outputs are meaningless and runs record that in ``run.json``.
+- ``blip:itm-large-coco`` (PnP-OVSS's BLIP, seed 004 §9), ``blip:itm-base-coco``, ``blip:itm-large-flickr``,
+  ``blip:itm-base-flickr``: BLIP image-text matching from the Hugging Face repo ``Salesforce/blip-<arch>``;
+  ``blip:ARCH/FOLDER`` a local folder saved by ``save_pretrained`` (config, weights, tokenizer files).
+- ``clip:tiny``, ``sam:tiny`` and ``blip:tiny``: tiny random-initialised models on the same code path, for
+  tests and offline demos. Their outputs are meaningless and runs record that in ``run.json``.
 
 OpenAI CLIP checkpoints need QuickGELU; for a local file of OpenAI weights name the ``-quickgelu``
 architecture (``clip:ViT-L-14-quickgelu/PATH``).
@@ -23,13 +26,14 @@ from pathlib import Path
 
 from ovlabel.errors import OvlabelError
 
-FAMILIES = ("clip", "sam")
+FAMILIES = ("clip", "sam", "blip")
 SAM_ARCHS = ("vit_h", "vit_l", "vit_b")
+BLIP_ARCHS = ("itm-large-coco", "itm-base-coco", "itm-large-flickr", "itm-base-flickr")
 
 #: ``--models`` presets: one spec per family.
 MODEL_PRESETS = {
-    "default": {"clip": "clip:ViT-L-14/openai", "sam": "sam:vit_h"},
-    "tiny": {"clip": "clip:tiny", "sam": "sam:tiny"},
+    "default": {"clip": "clip:ViT-L-14/openai", "sam": "sam:vit_h", "blip": "blip:itm-large-coco"},
+    "tiny": {"clip": "clip:tiny", "sam": "sam:tiny", "blip": "blip:tiny"},
 }
 
 #: Models ``ovlabel models`` lists (any open_clip ViT with a class token works, these are the usual ones).
@@ -45,6 +49,10 @@ KNOWN_MODELS = (
     ("sam:vit_l", "Segment Anything ViT-L, 1.2 GB"),
     ("sam:vit_b", "Segment Anything ViT-B, 358 MB"),
     ("sam:tiny", "tiny random SAM for tests and offline demos (meaningless output)"),
+    ("blip:itm-large-coco", "BLIP ITM ViT-L, COCO retrieval (PnP-OVSS's choice, default for salience)"),
+    ("blip:itm-base-coco", "BLIP ITM ViT-B, COCO retrieval"),
+    ("blip:itm-large-flickr", "BLIP ITM ViT-L, Flickr30k retrieval"),
+    ("blip:tiny", "tiny random BLIP for tests and offline demos (meaningless output)"),
 )
 
 
@@ -65,6 +73,8 @@ class ModelSpec:
     def name(self) -> str:
         if self.kind == "tiny":
             return f"{self.family}:tiny"
+        if self.family == "blip" and self.kind == "pretrained":
+            return f"blip:{self.arch}"
         return f"{self.family}:{self.arch}/{self.weights or self.kind}"
 
     @property
@@ -73,7 +83,7 @@ class ModelSpec:
 
 
 def parse_model(value: str, family: str) -> ModelSpec:
-    """Parse a model string for ``family`` (``clip`` or ``sam``); the ``family:`` prefix is optional.
+    """Parse a model string for ``family`` (``clip``, ``sam`` or ``blip``); the ``family:`` prefix is optional.
 
     Raises :class:`OvlabelError` naming the bad part and the accepted values.
     """
@@ -96,6 +106,8 @@ def parse_model(value: str, family: str) -> ModelSpec:
         return _parse_clip(value, arch, weights)
     if family == "sam":
         return _parse_sam(value, arch, weights)
+    if family == "blip":
+        return _parse_blip(value, arch, weights)
     raise OvlabelError(f"unknown model family '{family}': use one of {', '.join(FAMILIES)}")
 
 
@@ -140,14 +152,35 @@ def _parse_sam(value: str, arch: str, weights: str) -> ModelSpec:
     return _weights_kind(value, "sam", arch, weights, ["official"])
 
 
-def resolve_models(preset: str, overrides: dict[str, str | None]) -> dict[str, ModelSpec]:
-    """Specs for every family: the ``--models`` preset, with per-family overrides (``--clip``, ``--sam``)."""
+def _parse_blip(value: str, arch: str, weights: str) -> ModelSpec:
+    if arch not in BLIP_ARCHS:
+        raise OvlabelError(f"unknown BLIP model '{arch}' in '{value}': use one of {', '.join(BLIP_ARCHS)} or tiny")
+    if not weights:
+        return ModelSpec("blip", arch, "pretrained", blip_repo(arch))
+    if weights == "random":
+        return ModelSpec("blip", arch, "random", "")
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        return ModelSpec("blip", arch, "file", str(path.resolve()))
+    raise OvlabelError(
+        f"weights '{weights}' in '{value}' are neither 'random' nor an existing folder saved by save_pretrained "
+        f"(config.json, model weights, tokenizer files); leave them out to use {blip_repo(arch)}"
+    )
+
+
+def blip_repo(arch: str) -> str:
+    """The Hugging Face repo of a BLIP ITM architecture name (``itm-large-coco`` -> ``Salesforce/blip-itm-large-coco``)."""
+    return f"Salesforce/blip-{arch}"
+
+
+def resolve_models(
+    preset: str, overrides: dict[str, str | None], families: tuple[str, ...] = ("clip", "sam")
+) -> dict[str, ModelSpec]:
+    """Specs for ``families``: the ``--models`` preset, with per-family overrides (``--clip``, ``--sam``,
+    ``--blip``)."""
     if preset not in MODEL_PRESETS:
         raise OvlabelError(f"unknown --models preset '{preset}': use one of {', '.join(MODEL_PRESETS)}")
-    specs = {}
-    for family, default in MODEL_PRESETS[preset].items():
-        specs[family] = parse_model(overrides.get(family) or default, family)
-    return specs
+    return {f: parse_model(overrides.get(f) or MODEL_PRESETS[preset][f], f) for f in families}
 
 
 def weights_file(spec: ModelSpec, download: bool = True) -> Path | None:
@@ -157,6 +190,10 @@ def weights_file(spec: ModelSpec, download: bool = True) -> Path | None:
 
     if spec.random_init:
         return None
+    if spec.family == "blip":
+        from ovlabel.models.blip import blip_weights_file
+
+        return blip_weights_file(spec, download)
     if spec.kind == "file":
         return Path(spec.weights)
     if spec.family == "clip" and spec.kind == "pretrained":
@@ -189,6 +226,10 @@ def load_model(spec: ModelSpec, device, precision: str):
         from ovlabel.models.clip import load_clip
 
         return load_clip(spec, device, precision)
+    if spec.family == "blip":
+        from ovlabel.models.blip import load_blip
+
+        return load_blip(spec, device, precision)
     from ovlabel.models.sam import load_sam
 
     return load_sam(spec, device, precision)
