@@ -70,6 +70,12 @@ class Vocabulary:
             "synonyms": {c.name: list(c.synonyms) for c in self.classes if len(c.synonyms) > 1},
         }
 
+    @classmethod
+    def from_json(cls, doc: dict) -> "Vocabulary":
+        """Inverse of :meth:`to_json` (a run's ``settings.vocabulary``)."""
+        syn = doc.get("synonyms") or {}
+        return cls(tuple(VocabClass(n, tuple(syn.get(n) or [n])) for n in doc["classes"]), doc.get("source", "run"))
+
 
 @dataclass(frozen=True)
 class Templates:

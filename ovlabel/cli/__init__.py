@@ -13,7 +13,7 @@ import importlib
 
 from ovlabel.cli._app import app
 
-COMMAND_MODULES = ("label", "align", "evaluate", "info")
+COMMAND_MODULES = ("label", "salience", "align", "evaluate", "info")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"ovlabel.cli.{_name}")

@@ -23,10 +23,11 @@ def list_models():
             state = "yes" if weights_file(spec, download=False) else "no"
         typer.echo(f"{name:34} {state:8} {desc}")
     typer.echo(
-        "\nWeights download on first use into $HF_HOME (CLIP) and $TORCH_HOME/hub/checkpoints (SAM, DINOv2;\n"
+        "\nWeights download on first use into $HF_HOME (CLIP, BLIP) and $TORCH_HOME/hub/checkpoints (SAM, DINOv2;\n"
         "DINOv2's model code via torch.hub into $TORCH_HOME/hub).\n"
         "Offline: copy those caches over, or pass files: --clip clip:ViT-L-14-quickgelu/PATH --sam sam:vit_h/PATH\n"
-        "--dinov2 dinov2:dinov2_vitl14/PATH with OVLABEL_DINOV2_HUB=/path/to/a/dinov2/clone"
+        "--dinov2 dinov2:dinov2_vitl14/PATH with OVLABEL_DINOV2_HUB=/path/to/a/dinov2/clone\n"
+        "--blip blip:itm-large-coco/FOLDER (a save_pretrained folder)"
     )
 
 

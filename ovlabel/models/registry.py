@@ -11,8 +11,11 @@ Syntax: ``FAMILY:ARCH[/WEIGHTS]``.
 - ``WEIGHTS`` may instead be a local file (``clip:ViT-B-16/ckpt/model.bin``), an ``http(s)://`` URL
   (downloaded once into ``$TORCH_HOME/hub/checkpoints``), or ``random`` (full-size architecture,
   random weights: for timing only).
-- ``clip:tiny``, ``sam:tiny`` and ``dinov2:tiny``: tiny random-initialised models on the same code path, for tests and
-  offline demos. Their outputs are meaningless and runs record that in ``run.json``.
+- ``blip:itm-large-coco`` (PnP-OVSS's BLIP, seed 004 §9), ``blip:itm-base-coco``, ``blip:itm-large-flickr``,
+  ``blip:itm-base-flickr``: BLIP image-text matching from the Hugging Face repo ``Salesforce/blip-<arch>``;
+  ``blip:ARCH/FOLDER`` a local folder saved by ``save_pretrained`` (config, weights, tokenizer files).
+- ``clip:tiny``, ``sam:tiny``, ``dinov2:tiny`` and ``blip:tiny``: tiny random-initialised models on the same code path, for
+  tests and offline demos. Their outputs are meaningless and runs record that in ``run.json``.
 
 OpenAI CLIP checkpoints need QuickGELU; for a local file of OpenAI weights name the ``-quickgelu``
 architecture (``clip:ViT-L-14-quickgelu/PATH``).
@@ -26,15 +29,18 @@ from pathlib import Path
 
 from ovlabel.errors import OvlabelError
 
-FAMILIES = ("clip", "sam", "dinov2")
+FAMILIES = ("clip", "sam", "dinov2", "blip")
 SAM_ARCHS = ("vit_h", "vit_l", "vit_b")
 #: torch.hub entry points of facebookresearch/dinov2 (backbones; ``_reg``: with 4 register tokens).
 DINOV2_ARCHS = tuple(f"dinov2_vit{size}14{reg}" for size in "sblg" for reg in ("", "_reg"))
+BLIP_ARCHS = ("itm-large-coco", "itm-base-coco", "itm-large-flickr", "itm-base-flickr")
 
 #: ``--models`` presets: one spec per family.
 MODEL_PRESETS = {
-    "default": {"clip": "clip:ViT-L-14/openai", "sam": "sam:vit_h", "dinov2": "dinov2:dinov2_vitl14"},
-    "tiny": {"clip": "clip:tiny", "sam": "sam:tiny", "dinov2": "dinov2:tiny"},
+    "default": {
+        "clip": "clip:ViT-L-14/openai", "sam": "sam:vit_h", "dinov2": "dinov2:dinov2_vitl14", "blip": "blip:itm-large-coco",
+    },
+    "tiny": {"clip": "clip:tiny", "sam": "sam:tiny", "dinov2": "dinov2:tiny", "blip": "blip:tiny"},
 }
 
 #: Models ``ovlabel models`` lists (any open_clip ViT with a class token works, these are the usual ones).
@@ -57,6 +63,10 @@ KNOWN_MODELS = (
     ("dinov2:dinov2_vitl14_reg", "DINOv2 ViT-L/14 with registers"),
     ("dinov2:dinov2_vitb14_reg", "DINOv2 ViT-B/14 with registers"),
     ("dinov2:tiny", "tiny random DINOv2-shaped ViT for tests and offline demos (meaningless output)"),
+    ("blip:itm-large-coco", "BLIP ITM ViT-L, COCO retrieval (PnP-OVSS's choice, default for salience)"),
+    ("blip:itm-base-coco", "BLIP ITM ViT-B, COCO retrieval"),
+    ("blip:itm-large-flickr", "BLIP ITM ViT-L, Flickr30k retrieval"),
+    ("blip:tiny", "tiny random BLIP for tests and offline demos (meaningless output)"),
 )
 
 
@@ -77,6 +87,8 @@ class ModelSpec:
     def name(self) -> str:
         if self.kind == "tiny":
             return f"{self.family}:tiny"
+        if self.family == "blip" and self.kind == "pretrained":
+            return f"blip:{self.arch}"
         return f"{self.family}:{self.arch}/{self.weights or self.kind}"
 
     @property
@@ -85,7 +97,7 @@ class ModelSpec:
 
 
 def parse_model(value: str, family: str) -> ModelSpec:
-    """Parse a model string for ``family`` (``clip``, ``sam`` or ``dinov2``); the ``family:`` prefix is optional.
+    """Parse a model string for ``family`` (``clip``, ``sam``, ``dinov2`` or ``blip``); the ``family:`` prefix is optional.
 
     Raises :class:`OvlabelError` naming the bad part and the accepted values.
     """
@@ -110,6 +122,8 @@ def parse_model(value: str, family: str) -> ModelSpec:
         return _parse_sam(value, arch, weights)
     if family == "dinov2":
         return _parse_dinov2(value, arch, weights)
+    if family == "blip":
+        return _parse_blip(value, arch, weights)
     raise OvlabelError(f"unknown model family '{family}': use one of {', '.join(FAMILIES)}")
 
 
@@ -162,12 +176,36 @@ def _parse_dinov2(value: str, arch: str, weights: str) -> ModelSpec:
     return _weights_kind(value, "dinov2", arch, weights, ["official"])
 
 
-def resolve_models(preset: str, overrides: dict[str, str | None]) -> dict[str, ModelSpec]:
-    """Specs for the families named in ``overrides`` (a stage asks only for the models it uses): the
-    ``--models`` preset's choice, unless the override (``--clip``, ``--sam``, ``--dinov2``) is given."""
+def _parse_blip(value: str, arch: str, weights: str) -> ModelSpec:
+    if arch not in BLIP_ARCHS:
+        raise OvlabelError(f"unknown BLIP model '{arch}' in '{value}': use one of {', '.join(BLIP_ARCHS)} or tiny")
+    if not weights:
+        return ModelSpec("blip", arch, "pretrained", blip_repo(arch))
+    if weights == "random":
+        return ModelSpec("blip", arch, "random", "")
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        return ModelSpec("blip", arch, "file", str(path.resolve()))
+    raise OvlabelError(
+        f"weights '{weights}' in '{value}' are neither 'random' nor an existing folder saved by save_pretrained "
+        f"(config.json, model weights, tokenizer files); leave them out to use {blip_repo(arch)}"
+    )
+
+
+def blip_repo(arch: str) -> str:
+    """The Hugging Face repo of a BLIP ITM architecture name (``itm-large-coco`` -> ``Salesforce/blip-itm-large-coco``)."""
+    return f"Salesforce/blip-{arch}"
+
+
+def resolve_models(
+    preset: str, overrides: dict[str, str | None], families: tuple[str, ...] | None = None
+) -> dict[str, ModelSpec]:
+    """Specs for ``families`` (default: the families named in ``overrides``; a stage asks only for the models
+    it uses): the ``--models`` preset's choice, unless its override (``--clip``, ``--sam``, ``--dinov2``,
+    ``--blip``) is given."""
     if preset not in MODEL_PRESETS:
         raise OvlabelError(f"unknown --models preset '{preset}': use one of {', '.join(MODEL_PRESETS)}")
-    return {family: parse_model(value or MODEL_PRESETS[preset][family], family) for family, value in overrides.items()}
+    return {f: parse_model(overrides.get(f) or MODEL_PRESETS[preset][f], f) for f in (families or tuple(overrides))}
 
 
 def weights_file(spec: ModelSpec, download: bool = True) -> Path | None:
@@ -177,6 +215,10 @@ def weights_file(spec: ModelSpec, download: bool = True) -> Path | None:
 
     if spec.random_init:
         return None
+    if spec.family == "blip":
+        from ovlabel.models.blip import blip_weights_file
+
+        return blip_weights_file(spec, download)
     if spec.kind == "file":
         return Path(spec.weights)
     if spec.family == "clip" and spec.kind == "pretrained":
@@ -216,6 +258,10 @@ def load_model(spec: ModelSpec, device, precision: str):
         from ovlabel.models.dinov2 import load_dinov2
 
         return load_dinov2(spec, device, precision)
+    if spec.family == "blip":
+        from ovlabel.models.blip import load_blip
+
+        return load_blip(spec, device, precision)
     from ovlabel.models.sam import load_sam
 
     return load_sam(spec, device, precision)

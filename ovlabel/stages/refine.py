@@ -171,7 +171,9 @@ def run(run_dir: str | Path, out: str | Path, cfg: RefineConfig) -> RefineSummar
 
     summary = RefineSummary(out=out, parent=parent, total=len(p_rows))
     rows = _refine_all(p_layout, layout, key, p_rows, image_root, cfg, summary, vocab["classes"])
-    _finalize(layout, key, rows, vocab, settings, summary)
+    description = (f"ovlabel refined labels (stages {', '.join(settings['stages'])}), "
+                   f"vocabulary {vocab.get('source')}")
+    finalize_parts(layout, key, rows, vocab, description, summary)
     if cfg.overlays:
         from ovlabel.runinfo import write_overlays
 
@@ -351,10 +353,15 @@ def _refine_one(task: _Task) -> tuple[str, int | str]:
     return "ok", len(ms)
 
 
-def _finalize(layout: RunLayout, key: str, rows: list[dict], vocab: dict, settings: dict, summary) -> None:
+def finalize_parts(layout: RunLayout, key: str, rows: list[dict], vocab: dict, description: str, summary) -> None:
     """Write masks.parquet, coco.json and manifest.parquet from the parts (streaming); repaint label maps
     not known to come from their row's part (a resumed or reverted image); remove outputs that no longer
-    belong to the run. ``parts/<key>/labels.json`` records which part each label map was painted from."""
+    belong to the run. ``parts/<key>/labels.json`` records which part each label map was painted from.
+
+    Shared by the stages whose parts are named by a digest of their inputs (``refine``, ``salience``):
+    ``rows`` are manifest rows, each ok row with ``part`` (its part file path, removed here);
+    ``summary.new_files`` names the images whose label maps were written by this run; ``summary.masks`` is
+    set; ``vocab`` is :meth:`ovlabel.vocab.Vocabulary.to_json`."""
     ok = [r for r in rows if r["status"] == "ok"]
     record_path = layout.parts / key / "labels.json"
     try:
@@ -372,8 +379,7 @@ def _finalize(layout: RunLayout, key: str, rows: list[dict], vocab: dict, settin
                 write_label_png(label_path, masks.label_map(h, w))
             yield r["image_id"], masks
 
-    info = {"description": f"ovlabel refined labels (stages {', '.join(settings['stages'])}), "
-                           f"vocabulary {vocab.get('source')}", "version": _version()}
+    info = {"description": description, "version": _version()}
     summary.masks = write_masks_and_coco(layout, ok, per_image(), vocab["classes"], info)
     parts = {r["file"]: Path(r.pop("part")).name for r in ok}
     write_manifest(layout.manifest, rows)

@@ -1,0 +1,317 @@
+"""BLIP image-text matching (Hugging Face ``transformers``): cross-attention maps and their ITM gradients.
+
+PnP-OVSS (seed 004 §3) feeds an image and the prompt "A picture of {c1} {c2} … {cK}" to BLIP's ITM branch
+(ViT image encoder, BERT text encoder with a cross-attention layer in every block, §9) and reads the
+text-to-image cross-attention of one layer. :meth:`BlipModel.attention_and_gradients` returns, for chosen
+layers, that attention and the gradient of the ITM "match" logit with respect to it (§3.1), from one
+forward and one ``torch.autograd.grad`` call for the whole batch and every class of each image.
+
+How the gradient is taken: the weights stay frozen (``requires_grad=False``); a forward hook turns the
+query projection of the lowest requested cross-attention layer into a leaf that requires grad, so autograd
+records only the text layers from there on (the vision tower runs without a graph), and
+``torch.autograd.grad(match_logit.sum(), attention_maps)`` computes exactly the gradients needed. A full
+``loss.backward()`` over the weights costs 2.5x more (docs/salience.md, DESIGN.md).
+
+Token positions: the tokenizer adds ``[CLS]`` (position 0) and ``[SEP]``; a class's span is the positions
+whose characters lie inside its name in the prompt, so a class of several word pieces ("traffic light",
+"zebrafish" -> ``zebra ##fish``) gets all of them, and "A picture of" gets none (§3: those tokens are
+excluded). Image key position 0 is ViT's class token; maps returned here drop it, so patch ``n`` of a
+``g x g`` grid is row ``n // g``, column ``n % g``.
+"""
+
+from __future__ import annotations
+
+import functools
+import string
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ovlabel.device import autocast
+from ovlabel.errors import OvlabelError, WeightsUnavailable
+from ovlabel.vocab import prompt_name
+
+#: BLIP's image normalisation (its processor uses OpenAI CLIP's mean and std).
+BLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+BLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: The prompt of seed 004 §3; class names follow, separated by spaces.
+PROMPT_PREFIX = "A picture of"
+#: Bump when the tiny configuration changes.
+TINY_VERSION = 1
+
+#: Full-size architectures (the ``config.json`` of the Salesforce/blip-itm-* repos), for ``ARCH/random``.
+_VISION = {
+    "large": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
+    "base": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+}
+_TEXT = dict(vocab_size=30524, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+             max_position_embeddings=512)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One tokenised prompt: ``ids`` int64 ``(T,)`` with ``[CLS]``/``[SEP]``; ``spans[k]`` = ``(start, stop)``
+    token positions of class ``k`` (``stop`` exclusive); ``text`` the prompt string."""
+
+    text: str
+    ids: torch.Tensor
+    spans: tuple[tuple[int, int], ...]
+
+
+class BlipModel:
+    """A frozen ``BlipForImageTextRetrieval`` on one device.
+
+    Attributes: ``patch_size`` (px), ``native_size`` (the checkpoint's square input, px), ``num_layers`` and
+    ``num_heads`` of the text encoder's cross-attention, ``max_tokens``, ``identity`` (provenance),
+    ``stats`` (pass counters) and ``timings`` (seconds in ``forward`` and ``backward``).
+    """
+
+    def __init__(self, model, tokenizer, identity: dict, device, precision: str):
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.tokenizer = tokenizer
+        self.identity = identity
+        self.device = device
+        self.precision = precision
+        vc, tc = model.config.vision_config, model.config.text_config
+        self.patch_size = int(vc.patch_size)
+        self.native_size = int(vc.image_size)
+        self.num_layers = int(tc.num_hidden_layers)
+        self.num_heads = int(tc.num_attention_heads)
+        self.max_tokens = int(tc.max_position_embeddings)
+        self.mean = torch.tensor(BLIP_MEAN, device=device).view(3, 1, 1)
+        self.std = torch.tensor(BLIP_STD, device=device).view(3, 1, 1)
+        self.stats: Counter = Counter()
+        self.timings: Counter = Counter()
+
+    def prompt(self, names: list[str]) -> Prompt:
+        """Tokenise "A picture of {c1} … {cK}" for class names ``names`` (vocabulary names; ``_``/``-`` become
+        spaces as in every prompt, :func:`ovlabel.vocab.prompt_name`). Raises OvlabelError when the prompt
+        exceeds the text encoder's positions or a name yields no token."""
+        text, ranges = PROMPT_PREFIX, []
+        for name in names:
+            phrase = prompt_name(name)
+            start = len(text) + 1
+            text = f"{text} {phrase}"
+            ranges.append((start, len(text)))
+        enc = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        if len(ids) > self.max_tokens:
+            raise OvlabelError(
+                f"the prompt for {len(names)} classes has {len(ids)} tokens; BLIP's text encoder takes at most "
+                f"{self.max_tokens}: give fewer classes per image"
+            )
+        spans = []
+        for name, (a, b) in zip(names, ranges):
+            pos = [i for i, (s, e) in enumerate(offsets) if e > s and s >= a and e <= b]
+            if not pos:
+                raise OvlabelError(f"class name {name!r} yields no token for BLIP's tokenizer")
+            assert pos == list(range(pos[0], pos[-1] + 1)), (name, pos)
+            spans.append((pos[0], pos[-1] + 1))
+        return Prompt(text, torch.tensor(ids, dtype=torch.long), tuple(spans))
+
+    def prepare(self, image: np.ndarray, size: int) -> torch.Tensor:
+        """Resize an RGB uint8 ``(H, W, 3)`` image to ``size x size`` (bicubic, antialiased: BLIP's processor
+        squashes to a square too) and normalise it. Returns float32 ``(3, size, size)`` on the device."""
+        if size % self.patch_size:
+            raise OvlabelError(f"BLIP input size {size} is not a multiple of its patch size {self.patch_size}")
+        t = torch.from_numpy(np.require(image, requirements=["C", "W"])).to(self.device)
+        t = t.permute(2, 0, 1)[None].float() / 255.0
+        t = F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
+        return ((t[0] - self.mean) / self.std).contiguous()
+
+    def attention_and_gradients(
+        self, pixels: torch.Tensor, prompts: list[Prompt], layers: list[int]
+    ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Cross-attention maps of ``layers`` (0-based text-encoder layers) and the gradient of the ITM match
+        logit (the ITM head's "matching" output, summed over the batch; images do not interact) with respect
+        to them.
+
+        ``pixels`` float32 ``(B, 3, S, S)`` from :meth:`prepare`; ``prompts`` one per image (padded here).
+        Returns ``{layer: (attn, grad)}``, each float32 ``(B, heads, T, g*g)`` on the device: softmax
+        attention of text token ``t`` over the image patches (ViT's class token dropped) and its gradient.
+        Padding positions (``t >= len(prompt.ids)``) are zero. Runs with autograd on, outside inference mode.
+        """
+        layers = sorted(set(layers))
+        if not layers or layers[0] < 0 or layers[-1] >= self.num_layers:
+            raise OvlabelError(f"cross-attention layers {[i + 1 for i in layers]} out of range 1..{self.num_layers}")
+        b = pixels.shape[0]
+        t = max(len(p.ids) for p in prompts)
+        ids = torch.zeros((b, t), dtype=torch.long)
+        mask = torch.zeros((b, t), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p.ids)] = p.ids
+            mask[i, : len(p.ids)] = 1
+        blocks = self.model.text_encoder.encoder.layer
+        captured: dict[int, torch.Tensor] = {}
+        hooks = [blocks[layers[0]].crossattention.self.query.register_forward_hook(
+            lambda _m, _i, out: out.detach().requires_grad_(True))]
+        for layer in layers:
+            hooks.append(blocks[layer].crossattention.self.register_forward_hook(
+                lambda _m, _i, out, layer=layer: captured.__setitem__(layer, out[1])))
+        sync = self.device.type == "cuda"
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                pixels, ids, mask = pixels.clone().to(self.device), ids.to(self.device), mask.to(self.device)
+                tic = time.perf_counter()
+                with autocast(self.device, self.precision):
+                    with torch.no_grad():
+                        image_embeds = self.model.vision_model(
+                            pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
+                    image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device)
+                    hidden = self.model.text_encoder(
+                        input_ids=ids, attention_mask=mask, encoder_hidden_states=image_embeds,
+                        encoder_attention_mask=image_atts).last_hidden_state
+                    match = self.model.itm_head(hidden[:, 0, :])[:, 1]
+                if sync:
+                    torch.cuda.synchronize(self.device)
+                toc = time.perf_counter()
+                maps = [captured[layer] for layer in layers]
+                grads = torch.autograd.grad(match.float().sum(), maps)
+                if sync:
+                    torch.cuda.synchronize(self.device)
+                self.timings["forward"] += toc - tic
+                self.timings["backward"] += time.perf_counter() - toc
+        finally:
+            for h in hooks:
+                h.remove()
+        self.stats["blip_passes"] += 1
+        self.stats["blip_images"] += b
+        valid = mask[:, None, :, None].float()
+        return {
+            layer: ((a.detach()[..., 1:].float() * valid), (g[..., 1:].float() * valid))
+            for layer, a, g in zip(layers, maps, grads)
+        }
+
+
+def tiny_vocab() -> list[str]:
+    """The tiny tokenizer's word pieces: special tokens, "a picture of", every word of the packaged
+    vocabulary presets (sorted), and single characters with their ``##`` continuations, so any ASCII name
+    tokenises (unknown words into several pieces). Deterministic: same package, same vocabulary."""
+    from importlib import resources
+
+    words = set()
+    for f in sorted(resources.files("ovlabel").joinpath("data", "vocabularies").iterdir(), key=lambda p: p.name):
+        if f.name.endswith(".txt"):
+            for line in f.read_text(encoding="utf-8").lower().splitlines():
+                words.update(w for w in line.replace(",", " ").replace("_", " ").replace("-", " ").split()
+                             if w.isalpha() and w.isascii())
+    chars = string.ascii_lowercase + string.digits
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "picture", "of"]
+    pieces += sorted(words) + list(chars) + list(string.punctuation) + ["##" + c for c in chars]
+    return list(dict.fromkeys(pieces))
+
+
+@functools.lru_cache(maxsize=1)
+def build_tiny_tokenizer():
+    """A BERT word-piece tokenizer (``BertTokenizerFast``) over :func:`tiny_vocab`, built in memory (once per
+    process; it is only read)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import BertTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(tiny_vocab())}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tok.decoder = decoders.WordPiece()
+    return BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                             sep_token="[SEP]", mask_token="[MASK]")
+
+
+def build_blip(arch: str, vocab_size: int | None = None):
+    """A random-initialised ``BlipForImageTextRetrieval`` (seeded). ``arch`` ``tiny`` (ViT 64 px / patch 16,
+    width 32, 2 layers; text width 24 with the 12 layers x 12 heads of BERT-base, so every layer and head of
+    seed 004 Tab. 2 exists) or a :data:`ovlabel.models.registry.BLIP_ARCHS` name (full size). Weights are
+    re-drawn with std 0.02: BlipConfig's vision default (1e-10) yields denormals that slow CPU kernels."""
+    from transformers import BlipConfig, BlipForImageTextRetrieval
+
+    if arch == "tiny":
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64)
+        text = dict(vocab_size=vocab_size, hidden_size=24, intermediate_size=48, num_hidden_layers=12,
+                    num_attention_heads=12, max_position_embeddings=512)
+        proj = 16
+    else:
+        vision = dict(_VISION["large" if "large" in arch else "base"], image_size=384)
+        text = dict(_TEXT)
+        proj = 256
+    text.update(pad_token_id=0, bos_token_id=None, sep_token_id=None, eos_token_id=None)
+    cfg = BlipConfig(vision_config=dict(vision, patch_size=16, initializer_range=0.02), text_config=text,
+                     image_text_hidden_size=proj)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = BlipForImageTextRetrieval(cfg)
+        for p in model.parameters():
+            if p.dim() > 1:
+                torch.nn.init.normal_(p, std=0.02)
+    return model
+
+
+def _missing(spec, exc: Exception | None) -> WeightsUnavailable:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    reason = f" ({type(exc).__name__}: {exc})" if exc else ""
+    repo = spec.weights
+    return WeightsUnavailable(
+        f"cannot obtain weights for {spec.name}{reason}.\n"
+        f"Needed: Hugging Face repo '{repo}' (config.json, model.safetensors, tokenizer files), cached under "
+        f"{HF_HUB_CACHE} (set HF_HOME to move it).\n"
+        f"Offline? Run `huggingface-cli download {repo}` on a connected machine and copy its Hugging Face cache "
+        f"over, or save the model to a folder and pass it: --blip blip:{spec.arch}/PATH/TO/FOLDER"
+    )
+
+
+def _snapshot(spec, download: bool) -> Path | None:
+    """Local folder of a pretrained BLIP repo (downloaded with a progress bar on first use)."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "*.safetensors"]
+    try:
+        return Path(snapshot_download(spec.weights, allow_patterns=patterns, local_files_only=not download))
+    except Exception as exc:  # offline, HTTP error, missing cache: all mean "not available"
+        if not download:
+            return None
+        raise _missing(spec, exc) from None
+
+
+def blip_weights_file(spec, download: bool = True) -> Path | None:
+    """The weights file of a ``blip:`` spec (safetensors, else a PyTorch bin), downloading a pretrained repo
+    on first use; with ``download=False`` None when not cached. None for tiny/random models."""
+    if spec.random_init:
+        return None
+    folder = Path(spec.weights) if spec.kind == "file" else _snapshot(spec, download)
+    if folder is None:
+        return None
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    if spec.kind == "file":
+        raise OvlabelError(f"folder '{folder}' of {spec.name} has no model.safetensors or pytorch_model.bin")
+    if download:
+        raise _missing(spec, None)
+    return None
+
+
+def load_blip(spec, device, precision: str) -> BlipModel:
+    """Build a :class:`BlipModel` for a parsed ``blip:`` spec (see :mod:`ovlabel.models.registry`)."""
+    from ovlabel.models.registry import identity
+
+    if spec.random_init:
+        tokenizer = build_tiny_tokenizer()
+        model = build_blip(spec.arch, len(tokenizer)) if spec.kind == "tiny" else build_blip(spec.arch)
+        return BlipModel(model, tokenizer, identity(spec, None), device, precision)
+    from transformers import BertTokenizerFast, BlipForImageTextRetrieval
+
+    path = blip_weights_file(spec)
+    folder = path.parent
+    try:
+        model = BlipForImageTextRetrieval.from_pretrained(str(folder), use_safetensors=path.suffix == ".safetensors")
+        tokenizer = BertTokenizerFast.from_pretrained(str(folder))
+    except OSError as exc:
+        raise OvlabelError(f"cannot load {spec.name} from '{folder}': {exc}") from None
+    return BlipModel(model, tokenizer, identity(spec, path), device, precision)

@@ -1,0 +1,140 @@
+"""Configurations of ``salience`` and ``tune`` (PnP-OVSS, seed 004): torch-free frozen dataclasses.
+
+Layers and heads are numbered from 1, as in the paper's Tab. 2 and Tab. 6 (BLIP: layer 8, head 10).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ovlabel.config import CRFConfig, _check
+from ovlabel.errors import OvlabelError
+
+#: PnP-OVSS's blur: std 0.05 of the short side (seed 004 Tab. 2, "Gaussian Blur, Standard Deviation").
+SALIENCE_BLUR_SIGMA = 0.05
+
+#: Random-search space of seed 004 Tab. 2 for BLIP (start, end, step; end inclusive where the step lands).
+SEARCH_LAYERS = tuple(range(1, 13))
+SEARCH_HEADS = tuple(range(1, 13))
+SEARCH_THRESHOLDS = (0.05, 0.15, 0.25, 0.35, 0.45)
+SEARCH_SIGMAS = (0.01, 0.03, 0.05, 0.07, 0.09, 0.11)
+
+
+def parse_head(value) -> int | None:
+    """``"mean"`` or None -> None (mean over heads); ``"10"`` -> 10. Raises OvlabelError otherwise."""
+    if value is None or str(value).strip().lower() == "mean":
+        return None
+    try:
+        head = int(str(value).strip())
+    except ValueError:
+        raise OvlabelError(f"--head {value!r} is invalid: expected a head number (1-based) or 'mean'") from None
+    if head < 1:
+        raise OvlabelError(f"--head {value!r} is invalid: heads are numbered from 1")
+    return head
+
+
+@dataclass(frozen=True)
+class SalienceConfig:
+    """How salience maps become labels (everything here changes the result).
+
+    - ``layer``, ``head``: the cross-attention layer and head (1-based; ``head`` None = mean over heads);
+      seed 004 Tab. 2: layer 8, head 10 for BLIP.
+    - ``threshold``: a pixel keeps its best class if that class's min-max-normalised salience is at least
+      this, else it is unlabeled (seed 004 §3.3; Tab. 2: 0.15).
+    - ``resolution``: BLIP's square input side (px, a multiple of 16). Seed 004 Tab. 3 reports BLIP at
+      224 and 336 (336 best); §9 interpolates positional embeddings up to 768.
+    - ``rounds``: Salience DropOut iterations whose maps are summed (§3.2: three; the first sees the whole
+      image); ``drop_patches``: patches removed after each iteration (§3.2: 10).
+    - ``use_crf``: dense CRF after the blur (§3.3, Tab. 5); ``crf``: its parameters, with ``crf.blur_sigma``
+      the Gaussian std as a fraction of the short side (Tab. 2: 0.05).
+    """
+
+    layer: int = 8
+    head: int | None = 10
+    threshold: float = 0.15
+    resolution: int = 336
+    rounds: int = 3
+    drop_patches: int = 10
+    use_crf: bool = True
+    crf: CRFConfig = field(default_factory=lambda: CRFConfig(blur_sigma=SALIENCE_BLUR_SIGMA))
+
+    def __post_init__(self):
+        _check(self, [
+            (self.layer >= 1, "layer", "a layer number >= 1"),
+            (self.head is None or self.head >= 1, "head", "a head number >= 1 or None (mean over heads)"),
+            (0.0 <= self.threshold <= 1.0, "threshold", "a number in [0, 1]"),
+            (self.resolution >= 16 and self.resolution % 16 == 0, "resolution", "a multiple of 16 (px)"),
+            (self.rounds >= 1, "rounds", "an integer >= 1"),
+            (self.drop_patches >= 0, "drop_patches", "an integer >= 0"),
+        ])
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SalienceRunConfig:
+    """Everything ``salience`` needs besides its input and output.
+
+    - ``vocab``: a vocabulary (preset, file, comma list) whose classes all go into every image's prompt;
+      None with a run as input = the run's vocabulary and, per image, the classes its Stage 1.1 detected.
+    - ``images``: image root of an input run, if the images moved.
+    - ``batch_size``: images per BLIP forward/backward pass.
+    - ``keep_soft``: also write the CRF's unary probabilities as soft maps (``RUN/soft/``) for ``refine``.
+    """
+
+    vocab: str | None = None
+    models: str = "default"
+    blip: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    salience: SalienceConfig = field(default_factory=SalienceConfig)
+    images: str | None = None
+    batch_size: int = 4
+    keep_soft: bool = False
+    overwrite: bool = False
+    overlays: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise OvlabelError(f"batch_size={self.batch_size!r} is invalid: expected an integer >= 1")
+
+
+@dataclass
+class TuneConfig:
+    """``tune``: label-free random search of seed 004 §3.4 over the grid of Tab. 2.
+
+    - ``trials``: (layer, head, threshold) combinations tried, drawn without replacement (seeded) and scored
+      with GradCAM masks (§4.1: "we tune the layer, the head, and the threshold with GradCAM masks");
+    - ``sigma_trials``: blur stds then tried with the best three fixed, on the blurred Salience DropOut
+      masks before the CRF (§4.1);
+    - ``max_images``: images scored (a seeded sample when there are more);
+    - ``clip``, ``templates``: the reward's CLIP model (§4.1: ViT-L/14 at 336 px) and prompt templates.
+    """
+
+    vocab: str | None = None
+    models: str = "default"
+    blip: str | None = None
+    clip: str | None = None
+    templates: str = "fmbseg"
+    device: str = "auto"
+    precision: str = "auto"
+    resolution: int = 336
+    rounds: int = 3
+    drop_patches: int = 10
+    images: str | None = None
+    trials: int = 100
+    sigma_trials: int = len(SEARCH_SIGMAS)
+    max_images: int = 50
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        _check(self, [
+            (self.trials >= 1, "trials", "an integer >= 1"),
+            (self.sigma_trials >= 0, "sigma_trials", "an integer >= 0"),
+            (self.max_images >= 1, "max_images", "an integer >= 1"),
+            (self.resolution >= 16 and self.resolution % 16 == 0, "resolution", "a multiple of 16 (px)"),
+            (self.rounds >= 1, "rounds", "an integer >= 1"),
+        ])
