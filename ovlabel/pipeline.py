@@ -134,11 +134,12 @@ class _Models:
 
 
 def portable_name(source: str) -> str:
-    """A vocabulary source or template-set name without its folder (``file:/abs/classes.txt`` ->
-    ``file:classes.txt``): settings and data files must not change when a checkout moves."""
+    """A vocabulary source (``file:/abs/classes.txt``) or template-set name (a preset, or the absolute path
+    of a file) without its folder (``file:classes.txt``): settings and data files must not change when a
+    checkout moves. Other names are returned as they are."""
     if source.startswith("file:"):
         return "file:" + Path(source[5:]).name
-    if "/" in source or "\\" in source:
+    if Path(source).is_absolute():
         return "file:" + Path(source).name
     return source
 

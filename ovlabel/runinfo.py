@@ -129,19 +129,23 @@ def finalize(
     prev_rows = on_disk if trusted and doc.get("artifacts_settings_key") == key else None
     prev_sha = {r["file"]: r["sha256"] for r in prev_rows or []}
     # A label map not written by this run is trusted only if the last complete finalize, under these
-    # settings, made it for the same image content; any other is repainted if it differs from its parts.
+    # settings, made it for the same image content; any other is repainted if it differs from its parts,
+    # and always if the image's content changed (its overlay shows the old image).
     suspect = [
         r for r in ok
         if r["file"] not in summary.new_files
         and (prev_sha.get(r["file"]) != r["sha256"] or not (layout.root / r["label_file"]).exists())
     ]
     suspect_files = {r["file"] for r in suspect}
+    last_sha = {r["file"]: r["sha256"] for r in on_disk or []}
 
     def per_image(selected):
         for r in selected:
             masks = store.merged(r["sha256"])
             if r["file"] in suspect_files:
-                write_label(layout, r["label_file"], store.label_map(masks, r["height"], r["width"]), if_changed=True)
+                same_image = last_sha.get(r["file"]) == r["sha256"]
+                lm = store.label_map(masks, r["height"], r["width"])
+                write_label(layout, r["label_file"], lm, if_changed=same_image)
             yield r["image_id"], masks
 
     up_to_date = (

@@ -118,8 +118,10 @@ def test_a_second_writer_is_refused_and_a_killed_holder_does_not_block(image_fol
     assert res.exit_code == 0, res.output
     assert not (out / ".lock").exists()
 
-    with run_lock(out, "test"):  # classify-masks and refine take the same lock
+    with run_lock(out, "test"):  # classify-masks, show and refine take the same lock
         res = runner.invoke(app, ["classify-masks", str(out), "--no-progress"])
+        assert res.exit_code == 2 and "in use by another ovlabel run (`test`" in res.output
+        res = runner.invoke(app, ["show", str(out)])
         assert res.exit_code == 2 and "in use by another ovlabel run (`test`" in res.output
         with pytest.raises(RunLocked):
             with run_lock(out, "nested"):

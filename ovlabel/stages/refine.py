@@ -40,6 +40,7 @@ from ovlabel.config import CRFConfig, RefineConfig
 from ovlabel.errors import ImageDecodeError, OvlabelError
 from ovlabel.io.atomic import write_json
 from ovlabel.io.lock import ignorable, remove_stale_temps, run_lock
+from ovlabel.runinfo import image_changes
 
 #: ``source`` of the masks refine writes.
 SOURCE_REFINE = "refine"
@@ -58,6 +59,7 @@ class RefineSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     new_files: set[str] = field(default_factory=set)
     masks: int = 0
+    changes: dict = field(default_factory=dict)  # the parent's images against this run's previous manifest
 
     @property
     def refined(self) -> int:
@@ -65,10 +67,12 @@ class RefineSummary:
 
     def describe(self) -> str:
         soft = f", {self.soft} from soft maps" if self.soft else ""
+        c = self.changes
         return (
             f"{self.total} images: {self.refined} refined ({self.new} new, {self.reused} already done{soft}), "
             f"{len(self.failures)} failed; {self.masks} masks -> {self.out}"
-        )
+        ) + (f"\ninput since the last run: {c['new']} new, {c['changed']} changed, {c['removed']} removed, "
+             f"{c['unchanged']} unchanged" if c else "")
 
 
 @dataclass(frozen=True)
@@ -389,6 +393,8 @@ def _finalize(layout: RunLayout, key: str, rows: list[dict], vocab: dict, settin
                            f"vocabulary {vocab.get('source')}", "version": _version()}
     summary.masks = write_masks_and_coco(layout, ok, per_image(), vocab["classes"], info)
     parts = {r["file"]: Path(r.pop("part")).name for r in ok}
+    if layout.manifest.exists():
+        summary.changes = image_changes(read_manifest(layout.manifest), rows)
     write_manifest(layout.manifest, rows)
     write_json(record_path, parts)
     keep_labels = {layout.root / r["label_file"] for r in ok}
