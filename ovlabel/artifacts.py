@@ -13,6 +13,7 @@
                          per-image results keyed by content hash: what makes runs resumable
       soft/<rel>.npz     optional per-image class probabilities (SOFT_MAP_FORMAT), for stages that have them
       eval/<name>.json   evaluation reports written by ``ovlabel eval`` (and <name>.md)
+      .lock              held by the one command writing the run (:mod:`ovlabel.io.lock`)
 
 Class indices are 0-based positions in the vocabulary (the label-map value). COCO category ids are
 ``class_index + 1`` because COCO reserves id 0. Every file is written atomically.

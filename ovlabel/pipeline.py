@@ -6,6 +6,10 @@ the image's content hash under a key of exactly the settings that produced it
 (manifest, masks.parquet, coco.json) are rebuilt from the parts at the end, merging the stages
 (:mod:`ovlabel.merge`). Re-running the same command skips every image whose parts exist; killing it loses
 at most the batch in flight; adding Stage 1.2 to a Stage 1.1 run computes only Stage 1.2.
+
+One process writes a run directory at a time (:func:`ovlabel.io.lock.run_lock`). ``run.json`` says
+``complete`` only once every artifact is consistent; a run that finds it otherwise (its predecessor was
+killed) trusts only the parts and rebuilds the rest (:func:`ovlabel.runinfo.finalize`).
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ovlabel.artifacts import RunLayout, label_names, part_info, read_part, write_label_png, write_part
+from ovlabel.artifacts import RunLayout, label_names, part_info, read_part, write_part
 from ovlabel.config import MergeConfig, PseudoLabelConfig
 from ovlabel.errors import ImageDecodeError, OvlabelError
 from ovlabel.io.images import ImageEntry, decode_image, discover_images, read_file
+from ovlabel.io.lock import ignorable, remove_stale_temps, run_lock
 from ovlabel.masks import MaskSet
 from ovlabel.merge import merge_stages, merged_count
+from ovlabel.runinfo import write_label
 from ovlabel.vocab import load_templates, load_vocabulary
 
 
@@ -41,16 +47,26 @@ class RunSummary:
     new_files: set[str] = field(default_factory=set)
     masks: int = 0
     stats: dict = field(default_factory=dict)
+    #: the input against the run's previous manifest: {"new", "changed", "removed", "unchanged"} image counts
+    changes: dict = field(default_factory=dict)
+    #: why images are recomputed (or the artifacts rebuilt) beyond new and changed images, one line each
+    reasons: list[str] = field(default_factory=list)
 
     @property
     def labelled(self) -> int:
         return self.new + self.reused
 
     def describe(self) -> str:
-        return (
+        lines = [
             f"{self.total} images: {self.labelled} labelled ({self.new} new, {self.reused} already done), "
             f"{len(self.failures)} failed; {self.masks} masks -> {self.out}"
-        )
+        ]
+        if self.changes:
+            c = self.changes
+            lines.append(f"input since the last run: {c['new']} new, {c['changed']} changed, {c['removed']} removed, "
+                         f"{c['unchanged']} unchanged")
+        lines += [f"recomputing: {r}" for r in self.reasons]
+        return "\n".join(lines)
 
 
 def check_output_dir(out: Path, source_root: Path, source_kind: str) -> None:
@@ -63,7 +79,7 @@ def check_output_dir(out: Path, source_root: Path, source_kind: str) -> None:
             f"--out '{out}' is inside the input folder '{source_root}': its label maps and overlays would be "
             f"read as input images next time; choose an output folder outside the input"
         )
-    if out.is_dir() and any(out.iterdir()) and not RunLayout(out).run_json.exists():
+    if out.is_dir() and any(not ignorable(p.name) for p in out.iterdir()) and not RunLayout(out).run_json.exists():
         raise OvlabelError(
             f"--out '{out}' is a non-empty folder that is not an ovlabel run (no run.json); "
             f"choose a new or empty folder"
@@ -72,11 +88,6 @@ def check_output_dir(out: Path, source_root: Path, source_kind: str) -> None:
 
 def settings_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _changed(old: dict, new: dict) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [k for k in keys if old.get(k) != new.get(k)]
 
 
 class _Models:
@@ -122,11 +133,44 @@ class _Models:
         return dict(self.stage.clip.stats) | dict(self.stage.sam.stats)
 
 
-def run_settings(cfg: PseudoLabelConfig, vocab, templates, model_names: dict) -> tuple[dict, dict[str, str]]:
+def portable_name(source: str) -> str:
+    """A vocabulary source (``file:/abs/classes.txt``) or template-set name (a preset, or the absolute path
+    of a file) without its folder (``file:classes.txt``): settings and data files must not change when a
+    checkout moves. Other names are returned as they are."""
+    if source.startswith("file:"):
+        return "file:" + Path(source[5:]).name
+    if Path(source).is_absolute():
+        return "file:" + Path(source).name
+    return source
+
+
+def weight_digests(specs: dict) -> dict[str, str]:
+    """SHA-256 of the weights of models given as local files (``--sam sam:vit_b/PATH``): the same path can
+    hold other weights tomorrow. Published weights (tags, URLs) are pinned by their names. Digests are
+    remembered by (path, size, mtime), so this hashes each file once."""
+    from ovlabel.cache import file_sha256
+
+    out = {}
+    for family, spec in sorted(specs.items()):
+        if spec.kind == "file":
+            if not Path(spec.weights).is_file():
+                raise OvlabelError(f"{family} weights file '{spec.weights}' does not exist")
+            out[family] = file_sha256(spec.weights)
+    return out
+
+
+def run_settings(
+    cfg: PseudoLabelConfig, vocab, templates, model_names: dict, weights: dict | None = None
+) -> tuple[dict, dict[str, str]]:
     """The settings that determine a run's outputs, and per stage the key of the settings that
     determine that stage's masks (its part folder). Stage 1.2 depends on Stage 1.1's CLIP pass
-    (detected classes, feature map), hence on the detection parameters too."""
-    base = {"vocabulary": vocab.to_json(), "templates": templates.to_json(), "models": model_names}
+    (detected classes, feature map), hence on the detection parameters too. ``weights``: digests of
+    weights given as files (:func:`weight_digests`)."""
+    vocab_json = vocab.to_json() | {"source": portable_name(vocab.source)}
+    templates_json = templates.to_json() | {"name": portable_name(templates.name)}
+    base = {"vocabulary": vocab_json, "templates": templates_json, "models": model_names}
+    if weights:
+        base["weights_sha256"] = weights
     detect = cfg.detect.result_params()
     settings = {"stages": list(cfg.stages), **base, "detect": detect}
     keys = {}
@@ -157,7 +201,7 @@ def run(
     :class:`OvlabelError` for bad input; a bad image is recorded in the manifest and skipped.
     """
     from ovlabel.models.registry import resolve_models
-    from ovlabel.runinfo import finalize, start_run_json
+    from ovlabel.runinfo import finalize, recompute_reasons, start_run_json
 
     out = Path(out).expanduser().resolve()
     layout = RunLayout(out)
@@ -172,35 +216,27 @@ def run(
     model_names = (
         {f: m.identity["spec"] for f, m in models.items()} if models else {f: s.name for f, s in specs.items()}
     )
-    settings, stage_keys = run_settings(cfg, vocab, templates, model_names)
+    weights = {} if models else weight_digests(specs)
+    settings, stage_keys = run_settings(cfg, vocab, templates, model_names, weights)
     key = settings_key(settings)
-    prev = layout.read_run_json()
-    if prev and prev.get("settings_key") != key and not cfg.overwrite:
-        before = prev.get("stage_keys") or (  # runs of ovlabel 0.1: one stage, keyed by the run
-            {"1.1": prev.get("settings_key")} if prev.get("settings", {}).get("stages") == ["1.1"] else {}
-        )
-        kept = all(stage_keys.get(s) == k for s, k in before.items() if s not in rebuild_stages)
-        if not (rebuild_stages and kept):
-            changed = _changed(prev.get("settings", {}), settings)
-            hint = ""
-            if before.get("1.1") and before.get("1.1") == stage_keys.get("1.1") and "1.2" in stage_keys:
-                hint = f"; to add or redo Stage 1.2 and keep its Stage 1.1 masks, run `ovlabel classify-masks {out}`"
-            raise OvlabelError(
-                f"'{out}' holds a run made with different settings (changed: {', '.join(changed) or 'format'}); "
-                f"pass --overwrite to relabel it with the new settings, or choose another --out{hint}"
-            )
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.overwrite:
-        for k in stage_keys.values():
-            shutil.rmtree(layout.parts / k, ignore_errors=True)
-    start_run_json(layout, prev, inputs, source, settings, key, stage_keys, command)
+    with run_lock(out, command):
+        prev = layout.read_run_json()
+        trusted = bool(prev) and prev.get("status") == "complete"
+        if not trusted:
+            remove_stale_temps(out)  # left by a killed predecessor
+        reasons = recompute_reasons(prev, settings, key, stage_keys, cfg, rebuild_stages, out)
+        if cfg.overwrite:
+            for k in stage_keys.values():
+                shutil.rmtree(layout.parts / k, ignore_errors=True)
+        start_run_json(layout, prev, inputs, source, settings, key, stage_keys, command)
 
-    summary = RunSummary(out=out, total=len(source.entries))
-    names = label_names([e.rel for e in source.entries])
-    store = _PartStore(layout, stage_keys, cfg.merge)
-    rows = _label_images(store, source.entries, names, cfg, lazy, summary)
-    summary.stats = lazy.stats()
-    finalize(layout, key, store, source, rows, vocab, settings, lazy, cfg, summary)
+        summary = RunSummary(out=out, total=len(source.entries), reasons=reasons)
+        names = label_names([e.rel for e in source.entries])
+        store = _PartStore(layout, stage_keys, cfg.merge)
+        rows = _label_images(store, source.entries, names, cfg, lazy, summary)
+        summary.stats = lazy.stats()
+        finalize(layout, key, store, source, rows, vocab, settings, lazy, cfg, summary, trusted=trusted)
     return summary
 
 
@@ -272,7 +308,7 @@ def _label_images(
             for stage, masks in parts.items():
                 store.write(stage, sha, masks, w, h)
             masks = store.merged(sha, parts)
-            write_label_png(layout.labels / names[entry.rel], store.label_map(masks, h, w))
+            write_label(layout, f"labels/{names[entry.rel]}", store.label_map(masks, h, w))
             summary.new += 1
             summary.new_files.add(entry.rel)
             record(entry, sha, "ok", width=w, height=h, n=len(masks))

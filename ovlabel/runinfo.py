@@ -9,14 +9,18 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from ovlabel import __version__
 from ovlabel.artifacts import (
     RunLayout,
+    read_label_png,
     read_manifest,
     write_label_png,
     write_manifest,
     write_masks_and_coco,
 )
+from ovlabel.errors import OvlabelError
 from ovlabel.io.atomic import write_json
 
 TINY_NOTE = (
@@ -63,51 +67,106 @@ def start_run_json(
     write_json(layout.run_json, doc)
 
 
-def finalize(layout: RunLayout, key: str, store, source, rows: list[dict], vocab, settings, lazy, cfg, summary) -> None:
+def _changed(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if old.get(k) != new.get(k)]
+
+
+def recompute_reasons(prev, settings, key, stage_keys, cfg, rebuild_stages, out) -> list[str]:
+    """Why this run recomputes more than new and changed images; refuses (OvlabelError) a change of
+    settings that needs ``overwrite``. Empty for a first run or a plain incremental one."""
+    if not prev:
+        return []
+    reasons = []
+    if prev.get("status") != "complete":
+        reasons.append(f"the previous `{prev.get('command', 'pseudo-label')}` did not finish (status "
+                       f"'{prev.get('status')}'): keeping its finished images, rebuilding the artifacts")
+    before = prev.get("stage_keys") or (  # runs of ovlabel 0.1: one stage, keyed by the run
+        {"1.1": prev.get("settings_key")} if prev.get("settings", {}).get("stages") == ["1.1"] else {}
+    )
+    changed = ", ".join(_changed(prev.get("settings", {}), settings)) or "format"
+    if prev.get("settings_key") != key and not cfg.overwrite:
+        kept = all(stage_keys.get(s) == k for s, k in before.items() if s not in rebuild_stages)
+        if not (rebuild_stages and kept):
+            hint = ""
+            if before.get("1.1") and before.get("1.1") == stage_keys.get("1.1") and "1.2" in stage_keys:
+                hint = f"; to add or redo Stage 1.2 and keep its Stage 1.1 masks, run `ovlabel classify-masks {out}`"
+            raise OvlabelError(
+                f"'{out}' holds a run made with different settings (changed: {changed}); "
+                f"pass --overwrite to relabel it with the new settings, or choose another --out{hint}"
+            )
+    redo = sorted(s for s, k in stage_keys.items() if before.get(s) != k)
+    if cfg.overwrite:
+        why = f"settings changed: {changed}" if prev.get("settings_key") != key else "same settings"
+        reasons.append(f"--overwrite ({why}): every stage of every image")
+    elif prev.get("settings_key") != key and redo:
+        reasons.append(f"settings changed ({changed}): Stage {', '.join(redo)} of every image")
+    elif prev.get("settings_key") != key:
+        reasons.append(f"settings changed ({changed}): re-merging the stages, no model pass needed")
+    return reasons
+
+
+def finalize(
+    layout: RunLayout, key: str, store, source, rows: list[dict], vocab, settings, lazy, cfg, summary,
+    trusted: bool = True,
+) -> None:
     """Rebuild manifest, masks.parquet, coco.json (and label maps not written during this run) from the
     parts; drop outputs of images no longer in the input; write overlays if asked; then mark run.json
-    ``complete`` with counts and provenance. Skips the rewrite when nothing changed."""
+    ``complete`` with counts and provenance. Skips the rewrite when nothing changed.
+
+    ``trusted``: the run directory was left ``complete`` by the previous run. If not (it was killed), the
+    parts are the only thing trusted: masks.parquet, coco.json and the manifest are rewritten and every
+    label map is checked against its parts. Crash safety rests on three orderings: a part is written
+    before its label map; an overlay is deleted before its label map changes (an overlay on disk was
+    always rendered from the label map beside it); ``run.json`` says ``complete`` only after the rest.
+    """
     for image_id, row in enumerate(rows, start=1):
         row["image_id"] = image_id
     ok = [r for r in rows if r["status"] == "ok"]
     doc = layout.read_run_json() or {}
-    same_settings = doc.get("artifacts_settings_key") == key and layout.manifest.exists()
-    prev_rows = read_manifest(layout.manifest) if same_settings else None
+    on_disk = _read_manifest_or_none(layout.manifest)
+    summary.changes = image_changes(on_disk, rows) if on_disk is not None else {}  # {} = first run
+    prev_rows = on_disk if trusted and doc.get("artifacts_settings_key") == key else None
     prev_sha = {r["file"]: r["sha256"] for r in prev_rows or []}
-    stale_labels = {
-        r["file"] for r in ok
+    # A label map not written by this run is trusted only if the last complete finalize, under these
+    # settings, made it for the same image content; any other is repainted if it differs from its parts,
+    # and always if the image's content changed (its overlay shows the old image).
+    suspect = [
+        r for r in ok
         if r["file"] not in summary.new_files
         and (prev_sha.get(r["file"]) != r["sha256"] or not (layout.root / r["label_file"]).exists())
-    }
+    ]
+    suspect_files = {r["file"] for r in suspect}
+    last_sha = {r["file"]: r["sha256"] for r in on_disk or []}
 
     def per_image(selected):
         for r in selected:
             masks = store.merged(r["sha256"])
-            if r["file"] in stale_labels:
-                write_label_png(layout.root / r["label_file"], store.label_map(masks, r["height"], r["width"]))
+            if r["file"] in suspect_files:
+                same_image = last_sha.get(r["file"]) == r["sha256"]
+                lm = store.label_map(masks, r["height"], r["width"])
+                write_label(layout, r["label_file"], lm, if_changed=same_image)
             yield r["image_id"], masks
 
-    up_to_date = summary.new == 0 and prev_rows == rows and layout.masks.exists() and layout.coco.exists()
+    up_to_date = (
+        prev_rows is not None and summary.new == 0 and prev_rows == rows
+        and layout.masks.exists() and layout.coco.exists()
+    )
     if up_to_date:
-        for _ in per_image([r for r in ok if r["file"] in stale_labels]):
+        for _ in per_image(suspect):
             pass
     else:
         info = {
-            "description": f"ovlabel pseudo-labels (stages {', '.join(settings['stages'])}), vocabulary {vocab.source}",
+            "description": f"ovlabel pseudo-labels (stages {', '.join(settings['stages'])}), "
+                           f"vocabulary {settings['vocabulary']['source']}",
             "version": __version__,
         }
         write_masks_and_coco(layout, ok, per_image(ok), vocab.names, info)
         write_manifest(layout.manifest, rows)
     summary.masks = sum(r["num_masks"] for r in ok)
     _prune(layout, set(store.keys.values()), ok)
-    relabelled = summary.new_files | stale_labels
-    if cfg.overlays:
-        todo = [r for r in ok if r["file"] in relabelled or not _overlay_path(layout, r).exists()]
-        write_overlays(layout, source.root, todo, vocab.names)
-    else:  # an overlay that no longer matches its label map is worse than none
-        for r in ok:
-            if r["file"] in relabelled:
-                _overlay_path(layout, r).unlink(missing_ok=True)
+    if cfg.overlays:  # a relabelled image lost its overlay when its label map changed
+        write_overlays(layout, source.root, [r for r in ok if not _overlay_path(layout, r).exists()], vocab.names)
 
     models = lazy.identities() or doc.get("models")
     runtime = {"device": str(lazy.device), "precision": lazy.precision, "versions": _versions()}
@@ -119,8 +178,10 @@ def finalize(layout: RunLayout, key: str, store, source, rows: list[dict], vocab
         "counts": {
             "images": summary.total, "labelled": summary.labelled, "failed": len(summary.failures),
             "masks": summary.masks, "new_this_run": summary.new, "reused_this_run": summary.reused,
+            "input_since_last_run": summary.changes or None,
         },
-        "last_invocation": {"parameters": asdict(cfg), "runtime": runtime, "model_passes": summary.stats},
+        "last_invocation": {"parameters": asdict(cfg), "runtime": runtime, "model_passes": summary.stats,
+                            "recomputed_because": summary.reasons},
         "label_maps": "uint8 PNG, value = class index (position in the vocabulary), 255 = unlabeled",
         "coco_category_id": "class index + 1 (COCO reserves 0)",
         "artifacts": {
@@ -133,6 +194,40 @@ def finalize(layout: RunLayout, key: str, store, source, rows: list[dict], vocab
     else:
         doc.pop("note", None)
     write_json(layout.run_json, doc)
+
+
+def _read_manifest_or_none(path: Path) -> list[dict] | None:
+    try:
+        return read_manifest(path)
+    except FileNotFoundError:
+        return None
+
+
+def image_changes(before: list[dict] | None, rows: list[dict]) -> dict[str, int]:
+    """Count the input's images against a previous manifest: ``new`` (path not in it), ``changed`` (same
+    path, other content hash), ``removed`` (in it, not in the input), ``unchanged``."""
+    old = {r["file"]: r["sha256"] for r in before or []}
+    now = {r["file"]: r["sha256"] for r in rows}
+    counts = {"new": 0, "changed": 0, "removed": len(set(old) - set(now)), "unchanged": 0}
+    for f, sha in now.items():
+        counts["new" if f not in old else "unchanged" if old[f] == sha else "changed"] += 1
+    return counts
+
+
+def write_label(layout: RunLayout, label_file: str, label_map, if_changed: bool = False) -> bool:
+    """Write an image's label map (``label_file`` as in the manifest), removing its overlay first so that
+    no overlay outlives the label map it was rendered from. With ``if_changed``, leave a file that already
+    holds exactly ``label_map`` alone. Returns whether it wrote."""
+    path = layout.root / label_file
+    if if_changed and path.exists():
+        try:
+            if np.array_equal(read_label_png(path), label_map):
+                return False
+        except (OSError, ValueError):
+            pass
+    _overlay_path(layout, {"label_file": label_file}).unlink(missing_ok=True)
+    write_label_png(path, label_map)
+    return True
 
 
 def _prune(layout: RunLayout, keys: set[str], ok: list[dict]) -> None:
@@ -165,7 +260,6 @@ def _overlay_path(layout: RunLayout, row: dict) -> Path:
 def write_overlays(layout: RunLayout, image_root: Path, rows: list[dict], class_names) -> int:
     """Write ``overlays/<rel>.jpg`` for labelled images (re-reading each source image). Returns the count
     written; images that can no longer be read are skipped with a warning."""
-    from ovlabel.artifacts import read_label_png
     from ovlabel.errors import ImageDecodeError
     from ovlabel.io.atomic import atomic_path
     from ovlabel.io.images import decode_image, read_file

@@ -174,6 +174,7 @@ def run(inputs, out, cfg: SalienceRunConfig, model=None) -> SalienceSummary:
     ``model`` may inject a ready :class:`ovlabel.models.blip.BlipModel`. Raises OvlabelError for bad input or
     options; an image that fails is recorded in the manifest and skipped.
     """
+    from ovlabel.io.lock import remove_stale_temps, run_lock
     from ovlabel.models.registry import resolve_models
     from ovlabel.pipeline import check_output_dir, settings_key
     from ovlabel.runinfo import TINY_NOTE, _now, _versions
@@ -193,58 +194,61 @@ def run(inputs, out, cfg: SalienceRunConfig, model=None) -> SalienceSummary:
     }
     key = settings_key(settings)
     layout = RunLayout(out)
-    prev = layout.read_run_json()
-    if prev and prev.get("settings_key") != key and not cfg.overwrite:
-        raise OvlabelError(f"'{out}' holds a run made with different settings; pass --overwrite to relabel it with "
-                           f"the new settings, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.overwrite:
-        shutil.rmtree(layout.parts / key, ignore_errors=True)
-    if cfg.overwrite or (prev and prev.get("settings_key") != key):
-        shutil.rmtree(layout.soft, ignore_errors=True)  # soft maps of other settings would mislead refine
-    doc = dict(prev or {})
-    doc.update({"ovlabel_version": _version(), "command": "salience", "argv": sys.argv, "status": "running",
-                "created": (prev or {}).get("created") or _now(), "updated": _now(), "input": res.info,
-                "settings_key": key, "settings": settings})
-    write_json(layout.run_json, doc)
+    with run_lock(out, "salience"):  # one writer per run directory; a killed writer never blocks (io/lock.py)
+        if (layout.read_run_json() or {}).get("status") != "complete":
+            remove_stale_temps(out)  # left by a killed predecessor
+        prev = layout.read_run_json()
+        if prev and prev.get("settings_key") != key and not cfg.overwrite:
+            raise OvlabelError(f"'{out}' holds a run made with different settings; pass --overwrite to relabel it with "
+                               f"the new settings, or choose another --out")
+        if cfg.overwrite:
+            shutil.rmtree(layout.parts / key, ignore_errors=True)
+        if cfg.overwrite or (prev and prev.get("settings_key") != key):
+            shutil.rmtree(layout.soft, ignore_errors=True)  # soft maps of other settings would mislead refine
+        doc = dict(prev or {})
+        doc.update({"ovlabel_version": _version(), "command": "salience", "argv": sys.argv, "status": "running",
+                    "created": (prev or {}).get("created") or _now(), "updated": _now(), "input": res.info,
+                    "settings_key": key, "settings": settings})
+        write_json(layout.run_json, doc)
 
-    summary = SalienceSummary(out=out, total=len(res.items))
-    rows = _label_all(res, layout, key, cfg, lazy, summary)
-    names = res.vocab.names
-    description = f"ovlabel PnP-OVSS salience labels (BLIP GradCAM + Salience DropOut), vocabulary {res.vocab.source}"
-    finalize_parts(layout, key, rows, res.vocab.to_json(), description, summary)
-    ok = [r for r in rows if r["status"] == "ok"]
-    if layout.soft.is_dir():
-        wanted = {layout.soft_map(r["label_file"]) for r in ok}
-        for f in layout.soft.rglob("*.npz"):
-            if f not in wanted:
-                f.unlink()
-    if cfg.overlays:
-        from ovlabel.runinfo import write_overlays
+        summary = SalienceSummary(out=out, total=len(res.items))
+        rows = _label_all(res, layout, key, cfg, lazy, summary)
+        names = res.vocab.names
+        description = f"ovlabel PnP-OVSS salience labels (BLIP GradCAM + Salience DropOut), vocabulary {res.vocab.source}"
+        finalize_parts(layout, key, rows, res.vocab.to_json(), description, summary)
+        ok = [r for r in rows if r["status"] == "ok"]
+        if layout.soft.is_dir():
+            wanted = {layout.soft_map(r["label_file"]) for r in ok}
+            for f in layout.soft.rglob("*.npz"):
+                if f not in wanted:
+                    f.unlink()
+        if cfg.overlays:
+            from ovlabel.runinfo import write_overlays
 
-        over = lambda r: layout.overlays / Path(r["label_file"]).relative_to("labels").with_suffix(".jpg")
-        write_overlays(layout, res.root, [r for r in ok if r["file"] in summary.new_files or not over(r).exists()],
-                       names)
-    ident = lazy.model.identity if lazy.model is not None else (prev or {}).get("models", {}).get("blip")
-    if lazy.model is not None:
-        summary.timings = {k: round(v, 3) for k, v in
-                           (dict(lazy.model.timings) | dict(lazy.extractor.timings if lazy.extractor else {})).items()}
-    doc.update({
-        "status": "complete", "updated": _now(), "models": {"blip": ident},
-        "counts": {"images": summary.total, "labelled": summary.labelled, "failed": len(summary.failures),
-                   "masks": summary.masks, "new_this_run": summary.new, "reused_this_run": summary.reused},
-        "last_invocation": {"parameters": asdict(cfg), "runtime": {
-            "device": str(lazy.device), "precision": lazy.precision, "versions": _versions(),
-            "seconds": summary.timings}},
-        "label_maps": "uint8 PNG, value = class index (position in the vocabulary), 255 = unlabeled",
-        "coco_category_id": "class index + 1 (COCO reserves 0)",
-        "artifacts": {"manifest": layout.manifest.name, "masks": layout.masks.name, "coco": layout.coco.name,
-                      "labels": layout.labels.name + "/", "soft": layout.soft.name + "/" if cfg.keep_soft else None},
-    })
-    doc.pop("note", None)
-    if ident and ident.get("random_init"):
-        doc["note"] = TINY_NOTE
-    write_json(layout.run_json, doc)
+            over = lambda r: layout.overlays / Path(r["label_file"]).relative_to("labels").with_suffix(".jpg")
+            write_overlays(layout, res.root, [r for r in ok if r["file"] in summary.new_files or not over(r).exists()],
+                           names)
+        ident = lazy.model.identity if lazy.model is not None else (prev or {}).get("models", {}).get("blip")
+        if lazy.model is not None:
+            summary.timings = {k: round(v, 3) for k, v in
+                               (dict(lazy.model.timings) | dict(lazy.extractor.timings if lazy.extractor else {})).items()}
+        doc.update({
+            "status": "complete", "updated": _now(), "models": {"blip": ident},
+            "counts": {"images": summary.total, "labelled": summary.labelled, "failed": len(summary.failures),
+                       "masks": summary.masks, "new_this_run": summary.new, "reused_this_run": summary.reused},
+            "last_invocation": {"parameters": asdict(cfg), "runtime": {
+                "device": str(lazy.device), "precision": lazy.precision, "versions": _versions(),
+                "seconds": summary.timings}},
+            "label_maps": "uint8 PNG, value = class index (position in the vocabulary), 255 = unlabeled",
+            "coco_category_id": "class index + 1 (COCO reserves 0)",
+            "artifacts": {"manifest": layout.manifest.name, "masks": layout.masks.name, "coco": layout.coco.name,
+                          "labels": layout.labels.name + "/", "soft": layout.soft.name + "/" if cfg.keep_soft else None},
+        })
+        doc.pop("note", None)
+        if ident and ident.get("random_init"):
+            doc["note"] = TINY_NOTE
+        write_json(layout.run_json, doc)
     return summary
 
 

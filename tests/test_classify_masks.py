@@ -38,6 +38,7 @@ def test_classify_masks_adds_stage12_to_a_stage11_run_like_one_pseudo_label_run(
     res = classify(run, *LOOSE)
     assert res.exit_code == 0, res.output
     assert "5 labelled (5 new, 0 already done)" in res.output
+    assert "recomputing: settings changed (automask, classify, merge, stages): Stage 1.2 of every image" in res.output
     p = passes(run)
     assert p["sam_image_encoder_passes"] == 5
     assert p["sam_prompts"] == 5 * 8 * 8  # the point grid only: Stage 1.1 was not decoded again
@@ -59,6 +60,7 @@ def test_changing_only_the_merge_recomputes_nothing(image_folder, tmp_path):
     assert sum(per_image.values()) >= 4
     res = classify(run, "--stage12-ratio", "0.3", "--paint", "small-on-top")
     assert res.exit_code == 0, res.output
+    assert "recomputing: settings changed (merge): re-merging the stages, no model pass needed" in res.output
     assert passes(run) == {}  # no model was loaded
     assert sources(run).count("stage1.2") == sum(sample_count(n, 0.3) for n in per_image.values())
     assert sources(run).count("stage1.1") == [m["source"] for m in before].count("stage1.1")

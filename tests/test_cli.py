@@ -161,22 +161,33 @@ def test_rerun_is_a_no_op_and_overwrite_redoes(image_folder, tmp_path):
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "run.json"}
     res = label(image_folder, out)
     assert "5 labelled (0 new, 5 already done)" in res.output
+    assert "input since the last run: 0 new, 0 changed, 0 removed, 5 unchanged" in res.output
+    assert "recomputing" not in res.output
     assert json.loads((out / "run.json").read_text())["last_invocation"]["model_passes"] == {}  # no model loaded
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # nothing rewritten
     res = label(image_folder, out, "--overwrite")
     assert "5 labelled (5 new, 0 already done)" in res.output
+    assert "recomputing: --overwrite (same settings): every stage of every image" in res.output
     assert artifact_bytes(out) == before  # deterministic
 
 
 def test_changed_and_removed_images_update_only_themselves(image_folder, tmp_path):
     out = tmp_path / "run"
     assert label(image_folder, out, "--overlays").exit_code == 0
-    untouched = (out / "labels" / "wide.png").stat().st_mtime_ns
+    sha = {r["file"]: r["sha256"] for r in pq.read_table(out / "manifest.parquet").to_pylist()}
+    kept = ["labels/wide.png", "labels/sub/b.png", "labels/sub/deeper/c.png", "overlays/wide.jpg"]
+    kept += [str(p.relative_to(out)) for f in ("wide.bmp", "sub/b.png", "sub/deeper/c.webp")
+             for p in (out / "parts").glob(f"*/{sha[f]}.parquet")]
+    stamps = {f: (out / f).stat().st_mtime_ns for f in kept}
     (image_folder / "tiny.png").unlink()
     save(image_folder / "a.jpg", blocks_image(50, 50, [(0, 250, 0)]))
     save(image_folder / "new.png", blocks_image(40, 60, [(0, 0, 0), (255, 255, 255)]))
     res = label(image_folder, out)
     assert "5 labelled (2 new, 3 already done)" in res.output
+    assert "input since the last run: 1 new, 1 changed, 1 removed, 3 unchanged" in res.output
+    passes = json.loads((out / "run.json").read_text())["last_invocation"]["model_passes"]
+    assert passes["sam_image_encoder_passes"] == 2  # the new and the changed image only
+    assert len(stamps) == 4 + 3 * 2 and {f: (out / f).stat().st_mtime_ns for f in kept} == stamps  # others untouched
     manifest = pq.read_table(out / "manifest.parquet").to_pylist()
     assert sorted(r["file"] for r in manifest) == ["a.jpg", "new.png", "sub/b.png", "sub/deeper/c.webp", "wide.bmp"]
     assert not (out / "labels" / "tiny.png").exists()
@@ -184,7 +195,6 @@ def test_changed_and_removed_images_update_only_themselves(image_folder, tmp_pat
     assert not (out / "overlays" / "tiny.jpg").exists()
     assert not (out / "overlays" / "a.jpg").exists()  # relabelled without --overlays: stale overlay removed
     assert (out / "overlays" / "wide.jpg").exists()
-    assert (out / "labels" / "wide.png").stat().st_mtime_ns == untouched
     assert len(list((out / "parts").rglob("*.parquet"))) == 5 * 2  # five images, two stages
 
 
@@ -197,6 +207,7 @@ def test_new_settings_are_refused_without_overwrite(image_folder, tmp_path):
     assert "different settings (changed: detect)" in res.output and "--overwrite" in res.output
     res = label(image_folder, out, "--points", "3", "--overwrite")
     assert res.exit_code == 0
+    assert "recomputing: --overwrite (settings changed: detect): every stage of every image" in res.output
     assert len(pq.read_table(out / "masks.parquet").to_pylist()[0]["points"]) == 3
     after = {d.name for d in (out / "parts").iterdir()}
     assert len(before) == len(after) == 2  # one folder per stage; Stage 1.1's old settings' parts are gone

@@ -156,6 +156,7 @@ def test_refine_resumes_without_redoing_finished_images(tmp_path):
     assert len(pq.read_table(out / "masks.parquet")) == 4
     again = refine(parent, out, cfg)
     assert (again.new, again.reused) == (0, 2)
+    assert "input since the last run: 0 new, 0 changed, 0 removed, 2 unchanged" in again.describe()
     # new CRF settings on the same output are refused unless --overwrite
     with pytest.raises(OvlabelError, match="different settings"):
         refine(parent, out, RefineConfig(crf=CRFConfig(blur_sigma=0.1, bi_w=3), workers=1, progress=False))

@@ -2,16 +2,34 @@
 
 A reader (or a run interrupted at any moment) therefore sees either the old complete file or the new
 complete file, never a partial one. ``os.replace`` is atomic on POSIX and Windows within one filesystem.
+A process killed between writing and renaming leaves its ``.<name>.<random>.tmp`` file behind; the next
+writer of that run directory removes it (:func:`ovlabel.io.lock.remove_stale_temps`).
+
+Testing hook (used by the crash-safety tests, inert otherwise): if the environment variable
+``OVLABEL_TEST_KILL_AT`` is set to ``PHASE:PATTERN[#N]``, the process SIGKILLs itself at the N-th (default
+first) atomic write whose destination file name matches the glob ``PATTERN``, just ``before`` or ``after``
+(``PHASE``) its rename; e.g. ``after:coco.json`` or ``before:*.png#2``. See :func:`crash_point`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: done once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 @contextlib.contextmanager
@@ -30,11 +48,33 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+            if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the file the mode a plain open() would
+                os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
+        crash_point("before", dest.name)
         os.replace(tmp_path, dest)
+        crash_point("after", dest.name)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+_kill_hits = 0
+
+
+def crash_point(phase: str, name: str) -> None:
+    """Testing hook: SIGKILL this process here if ``OVLABEL_TEST_KILL_AT`` (``PHASE:PATTERN[#N]``) names
+    this point for the N-th time. One environment lookup when the variable is unset."""
+    global _kill_hits
+    spec = os.environ.get("OVLABEL_TEST_KILL_AT")
+    if not spec:
+        return
+    where, _, nth = spec.partition("#")
+    want_phase, _, pattern = where.partition(":")
+    if want_phase == phase and fnmatch.fnmatchcase(name, pattern):
+        _kill_hits += 1
+        if _kill_hits == int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def write_bytes(dest: str | os.PathLike, data: bytes) -> None:

@@ -39,6 +39,8 @@ from ovlabel.artifacts import (
 from ovlabel.config import CRFConfig, RefineConfig
 from ovlabel.errors import ImageDecodeError, OvlabelError
 from ovlabel.io.atomic import write_json
+from ovlabel.io.lock import ignorable, remove_stale_temps, run_lock
+from ovlabel.runinfo import image_changes
 
 #: ``source`` of the masks refine writes.
 SOURCE_REFINE = "refine"
@@ -57,6 +59,7 @@ class RefineSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     new_files: set[str] = field(default_factory=set)
     masks: int = 0
+    changes: dict = field(default_factory=dict)  # the parent's images against this run's previous manifest
 
     @property
     def refined(self) -> int:
@@ -64,10 +67,12 @@ class RefineSummary:
 
     def describe(self) -> str:
         soft = f", {self.soft} from soft maps" if self.soft else ""
+        c = self.changes
         return (
             f"{self.total} images: {self.refined} refined ({self.new} new, {self.reused} already done{soft}), "
             f"{len(self.failures)} failed; {self.masks} masks -> {self.out}"
-        )
+        ) + (f"\ninput since the last run: {c['new']} new, {c['changed']} changed, {c['removed']} removed, "
+             f"{c['unchanged']} unchanged" if c else "")
 
 
 @dataclass(frozen=True)
@@ -115,18 +120,17 @@ def _check_out(out: Path, parent: Path) -> None:
         raise OvlabelError(f"--out '{out}' contains the input run '{parent}'; choose a separate folder")
     if out.exists() and not out.is_dir():
         raise OvlabelError(f"--out '{out}' exists and is a file; give a folder")
-    if out.is_dir() and any(out.iterdir()) and not RunLayout(out).run_json.exists():
+    if out.is_dir() and any(not ignorable(p.name) for p in out.iterdir()) and not RunLayout(out).run_json.exists():
         raise OvlabelError(f"--out '{out}' is a non-empty folder that is not an ovlabel run; choose a new or empty folder")
 
 
 def run(run_dir: str | Path, out: str | Path, cfg: RefineConfig) -> RefineSummary:
     """Refine every labelled image of the run ``run_dir`` into the new run ``out``.
 
-    Raises :class:`OvlabelError` for a bad input run or output folder; an image that cannot be refined
-    (missing, changed since the parent run, undecodable) is recorded as failed and skipped.
+    Raises :class:`OvlabelError` for a bad input run or output folder, or when another process is writing
+    ``out`` (:func:`ovlabel.io.lock.run_lock`); an image that cannot be refined (missing, changed since the
+    parent run, undecodable) is recorded as failed and skipped.
     """
-    from ovlabel.runinfo import _now, _versions
-
     parent = Path(run_dir).expanduser().resolve()
     out = Path(out).expanduser().resolve()
     p_layout, p_doc, p_rows = _load_parent(parent)
@@ -137,6 +141,16 @@ def run(run_dir: str | Path, out: str | Path, cfg: RefineConfig) -> RefineSummar
     image_root = Path(cfg.images).expanduser().resolve() if cfg.images else Path(recorded_root)
     if out == image_root or image_root in out.parents:
         raise OvlabelError(f"--out '{out}' is inside the image folder '{image_root}'; choose a folder outside it")
+    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out, "refine"):
+        return _run(parent, out, image_root, (p_layout, p_doc, p_rows), cfg)
+
+
+def _run(parent: Path, out: Path, image_root: Path, loaded, cfg: RefineConfig) -> RefineSummary:
+    """The body of :func:`run`, holding the lock of ``out``."""
+    from ovlabel.runinfo import _now, _versions
+
+    p_layout, p_doc, p_rows = loaded
     vocab = p_doc["settings"]["vocabulary"]
     settings = {
         "stages": list(p_doc["settings"].get("stages", [])) + ["refine"],
@@ -147,12 +161,13 @@ def run(run_dir: str | Path, out: str | Path, cfg: RefineConfig) -> RefineSummar
     key = _settings_key(settings)
     layout = RunLayout(out)
     prev = layout.read_run_json()
+    if not prev or prev.get("status") != "complete":
+        remove_stale_temps(out)  # left by a killed predecessor
     if prev and prev.get("settings_key") != key and not cfg.overwrite:
         raise OvlabelError(
             f"'{out}' holds a run made with different settings; pass --overwrite to redo it with the new "
             f"settings, or choose another --out"
         )
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.overwrite:
         shutil.rmtree(layout.parts / key, ignore_errors=True)
     parent_info = {"path": str(parent), "settings_key": p_doc.get("settings_key"), "command": p_doc.get("command"),
@@ -376,12 +391,16 @@ def finalize_parts(layout: RunLayout, key: str, rows: list[dict], vocab: dict, d
             part_name = Path(r["part"]).name
             label_path = layout.root / r["label_file"]
             if r["file"] not in fresh and (painted.get(r["file"]) != part_name or not label_path.exists()):
+                overlay = layout.overlays / Path(r["label_file"]).relative_to("labels").with_suffix(".jpg")
+                overlay.unlink(missing_ok=True)  # (a killed run may have changed the label map under it)
                 write_label_png(label_path, masks.label_map(h, w))
             yield r["image_id"], masks
 
     info = {"description": description, "version": _version()}
     summary.masks = write_masks_and_coco(layout, ok, per_image(), vocab["classes"], info)
     parts = {r["file"]: Path(r.pop("part")).name for r in ok}
+    if layout.manifest.exists():
+        summary.changes = image_changes(read_manifest(layout.manifest), rows)
     write_manifest(layout.manifest, rows)
     write_json(record_path, parts)
     keep_labels = {layout.root / r["label_file"] for r in ok}

@@ -184,9 +184,10 @@ def run(inputs: str | Path, out: str | Path, cfg: SegmentConfig, models: dict | 
     """
     from ovlabel.cache import file_sha256
     from ovlabel.io.images import discover_images
+    from ovlabel.io.lock import remove_stale_temps, run_lock
     from ovlabel.models.registry import parse_model
-    from ovlabel.pipeline import RunSummary, _changed, _label_images, _PartStore, check_output_dir, settings_key
-    from ovlabel.runinfo import finalize, start_run_json
+    from ovlabel.pipeline import RunSummary, _label_images, _PartStore, check_output_dir, settings_key
+    from ovlabel.runinfo import finalize, recompute_reasons, start_run_json
     from ovlabel.stages.align import WEIGHTS_FILE, load_checkpoint
     from ovlabel.vocab import Templates, load_templates, load_vocabulary
 
@@ -226,23 +227,22 @@ def run(inputs: str | Path, out: str | Path, cfg: SegmentConfig, models: dict | 
         },
     }
     key = settings_key(settings)
-    prev = layout.read_run_json()
-    if prev and prev.get("settings_key") != key and not cfg.overwrite:
-        changed = _changed(prev.get("settings", {}), settings)
-        raise OvlabelError(
-            f"'{out}' holds a run made with different settings (changed: {', '.join(changed) or 'format'}); "
-            f"pass --overwrite to redo it with the new settings, or choose another --out"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.overwrite:
-        shutil.rmtree(layout.parts / key, ignore_errors=True)
     stage_keys = {SOURCE_SEGMENT: key}
-    start_run_json(layout, prev, inputs, source, settings, key, stage_keys, command="segment")
-    summary = RunSummary(out=out, total=len(source.entries))
-    names_png = label_names([e.rel for e in source.entries])
-    store = _PartStore(layout, stage_keys)
-    rows = _label_images(store, source.entries, names_png, cfg, lazy, summary, desc="segment")
-    summary.stats = lazy.stats()
-    finalize(layout, key, store, source, rows, vocab, settings, lazy, cfg, summary)
+    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out, "segment"):  # the same run-directory protocol as pseudo-label (see pipeline.run)
+        prev = layout.read_run_json()
+        trusted = bool(prev) and prev.get("status") == "complete"
+        if not trusted:
+            remove_stale_temps(out)  # left by a killed predecessor
+        reasons = recompute_reasons(prev, settings, key, stage_keys, cfg, (), out)
+        if cfg.overwrite:
+            shutil.rmtree(layout.parts / key, ignore_errors=True)
+        start_run_json(layout, prev, inputs, source, settings, key, stage_keys, command="segment")
+        summary = RunSummary(out=out, total=len(source.entries), reasons=reasons)
+        names_png = label_names([e.rel for e in source.entries])
+        store = _PartStore(layout, stage_keys)
+        rows = _label_images(store, source.entries, names_png, cfg, lazy, summary, desc="segment")
+        summary.stats = lazy.stats()
+        finalize(layout, key, store, source, rows, vocab, settings, lazy, cfg, summary, trusted=trusted)
     return summary
 
