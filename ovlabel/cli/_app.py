@@ -38,6 +38,18 @@ def _main(
     """ovlabel: label image datasets for semantic segmentation with no human annotation."""
 
 
+def report_run(summary, done: int | None = None) -> None:
+    """Print a run's summary and its first failures; exit 1 when it had images and none was done
+    (``done``: how many were; default ``summary.labelled``)."""
+    typer.echo(summary.describe())
+    for rel, reason in summary.failures[:10]:
+        typer.echo(f"  failed: {rel}: {reason}", err=True)
+    if len(summary.failures) > 10:
+        typer.echo(f"  ... and {len(summary.failures) - 10} more (see manifest.parquet)", err=True)
+    if summary.total and (summary.labelled if done is None else done) == 0:
+        raise typer.Exit(1)
+
+
 def _guard(fn):
     """Run ``fn``; a user-facing error becomes a message on stderr and exit code 2."""
     try:

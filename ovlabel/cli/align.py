@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ovlabel.cli._app import _guard, _heavy_setup, app
+from ovlabel.cli._app import _guard, _heavy_setup, app, report_run
 from ovlabel.config import SegmentConfig, TrainAlignConfig
 
 _T = TrainAlignConfig()
@@ -90,10 +90,4 @@ def segment(
 
     dest = out or Path("ovlabel-runs") / f"{Path(images.expanduser().resolve().name or 'images').stem}-segment"
     summary = _guard(lambda: segment_run(images, dest, cfg))
-    typer.echo(summary.describe())
-    for rel, reason in summary.failures[:10]:
-        typer.echo(f"  failed: {rel}: {reason}", err=True)
-    if len(summary.failures) > 10:
-        typer.echo(f"  ... and {len(summary.failures) - 10} more (see manifest.parquet)", err=True)
-    if summary.total and summary.labelled == 0:
-        raise typer.Exit(1)
+    report_run(summary)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ovlabel.cli._app import _guard, app
+from ovlabel.cli._app import _guard, app, report_run
 from ovlabel.config import GT_LAYOUTS, CRFConfig, EvalConfig, RefineConfig, default_workers
 
 _C = CRFConfig()
@@ -44,13 +44,7 @@ def refine(
 
     dest = out or run_dir.expanduser().resolve().parent / f"{run_dir.expanduser().resolve().name}-crf"
     summary = _guard(lambda: run(run_dir, dest, cfg))
-    typer.echo(summary.describe())
-    for rel, reason in summary.failures[:10]:
-        typer.echo(f"  failed: {rel}: {reason}", err=True)
-    if len(summary.failures) > 10:
-        typer.echo(f"  ... and {len(summary.failures) - 10} more (see manifest.parquet)", err=True)
-    if summary.total and summary.refined == 0:
-        raise typer.Exit(1)
+    report_run(summary, done=summary.refined)
 
 
 @app.command("eval")

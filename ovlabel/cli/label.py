@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ovlabel.cli._app import _guard, _heavy_setup, app
+from ovlabel.cli._app import _guard, _heavy_setup, app, report_run
 from ovlabel.config import (
     CLASSIFIERS,
     PAINT_POLICIES,
@@ -66,16 +66,6 @@ def _stage12(points_per_side, points_per_batch, pred_iou_thresh, stability_thres
     }
 
 
-def _report(summary) -> None:
-    typer.echo(summary.describe())
-    for rel, reason in summary.failures[:10]:
-        typer.echo(f"  failed: {rel}: {reason}", err=True)
-    if len(summary.failures) > 10:
-        typer.echo(f"  ... and {len(summary.failures) - 10} more (see manifest.parquet)", err=True)
-    if summary.total and summary.labelled == 0:
-        raise typer.Exit(1)
-
-
 def _default_out(images: Path) -> Path:
     name = images.expanduser().resolve().name or "images"
     return Path("ovlabel-runs") / Path(name).stem
@@ -132,7 +122,7 @@ def pseudo_label(
     _heavy_setup()
     from ovlabel.pipeline import run
 
-    _report(_guard(lambda: run(images, out or _default_out(images), cfg)))
+    report_run(_guard(lambda: run(images, out or _default_out(images), cfg)))
 
 
 @app.command("classify-masks")
@@ -160,7 +150,7 @@ def classify_masks_cmd(
     _heavy_setup()
     from ovlabel.classify_masks import classify_masks
 
-    _report(_guard(lambda: classify_masks(
+    report_run(_guard(lambda: classify_masks(
         run_dir, images=images, device=device, precision=precision, image_batch=image_batch,
         overwrite=overwrite or None, overlays=overlays, progress=progress, **over,
     )))

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ovlabel.cli._app import _guard, _heavy_setup, app
+from ovlabel.cli._app import _guard, _heavy_setup, app, report_run
 from ovlabel.errors import OvlabelError
 from ovlabel.salience_config import SalienceConfig, SalienceRunConfig, TuneConfig, parse_head
 
@@ -87,13 +87,7 @@ def salience(
     from ovlabel.salience_run import run
 
     summary = _guard(lambda: run(inputs, out, cfg))
-    typer.echo(summary.describe())
-    for rel, reason in summary.failures[:10]:
-        typer.echo(f"  failed: {rel}: {reason}", err=True)
-    if len(summary.failures) > 10:
-        typer.echo(f"  ... and {len(summary.failures) - 10} more (see manifest.parquet)", err=True)
-    if summary.total and summary.labelled == 0:
-        raise typer.Exit(1)
+    report_run(summary)
 
 
 @app.command()
