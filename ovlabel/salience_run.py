@@ -177,8 +177,7 @@ def run(inputs, out, cfg: SalienceRunConfig, model=None) -> SalienceSummary:
     from ovlabel.io.lock import remove_stale_temps, run_lock
     from ovlabel.models.registry import resolve_models
     from ovlabel.pipeline import check_output_dir, settings_key
-    from ovlabel.runinfo import TINY_NOTE, _now, _versions
-    from ovlabel.stages.refine import finalize_parts
+    from ovlabel.runinfo import TINY_NOTE, _now, _versions, finalize_parts
 
     out = Path(out).expanduser().resolve()
     src = Path(inputs).expanduser().resolve()

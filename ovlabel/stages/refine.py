@@ -29,18 +29,15 @@ from ovlabel.artifacts import (
     part_info,
     read_label_png,
     read_manifest,
-    read_part,
     read_soft_map,
     write_label_png,
-    write_manifest,
-    write_masks_and_coco,
     write_part,
 )
 from ovlabel.config import CRFConfig, RefineConfig
 from ovlabel.errors import ImageDecodeError, OvlabelError
 from ovlabel.io.atomic import write_json
 from ovlabel.io.lock import ignorable, remove_stale_temps, run_lock
-from ovlabel.runinfo import image_changes
+from ovlabel.runinfo import finalize_parts
 
 #: ``source`` of the masks refine writes.
 SOURCE_REFINE = "refine"
@@ -366,60 +363,3 @@ def _refine_one(task: _Task) -> tuple[str, int | str]:
     write_label_png(Path(task.out_label), refined)
     write_part(Path(task.part), ms, task.width, task.height)  # last: its existence means "done"
     return "ok", len(ms)
-
-
-def finalize_parts(layout: RunLayout, key: str, rows: list[dict], vocab: dict, description: str, summary) -> None:
-    """Write masks.parquet, coco.json and manifest.parquet from the parts (streaming); repaint label maps
-    not known to come from their row's part (a resumed or reverted image); remove outputs that no longer
-    belong to the run. ``parts/<key>/labels.json`` records which part each label map was painted from.
-
-    Shared by the stages whose parts are named by a digest of their inputs (``refine``, ``salience``):
-    ``rows`` are manifest rows, each ok row with ``part`` (its part file path, removed here);
-    ``summary.new_files`` names the images whose label maps were written by this run; ``summary.masks`` is
-    set; ``vocab`` is :meth:`ovlabel.vocab.Vocabulary.to_json`."""
-    ok = [r for r in rows if r["status"] == "ok"]
-    record_path = layout.parts / key / "labels.json"
-    try:
-        painted = json.loads(record_path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        painted = {}
-    fresh = summary.new_files
-
-    def per_image():
-        for r in ok:
-            masks, w, h = read_part(Path(r["part"]))
-            part_name = Path(r["part"]).name
-            label_path = layout.root / r["label_file"]
-            if r["file"] not in fresh and (painted.get(r["file"]) != part_name or not label_path.exists()):
-                overlay = layout.overlays / Path(r["label_file"]).relative_to("labels").with_suffix(".jpg")
-                overlay.unlink(missing_ok=True)  # (a killed run may have changed the label map under it)
-                write_label_png(label_path, masks.label_map(h, w))
-            yield r["image_id"], masks
-
-    info = {"description": description, "version": _version()}
-    summary.masks = write_masks_and_coco(layout, ok, per_image(), vocab["classes"], info)
-    parts = {r["file"]: Path(r.pop("part")).name for r in ok}
-    if layout.manifest.exists():
-        summary.changes = image_changes(read_manifest(layout.manifest), rows)
-    write_manifest(layout.manifest, rows)
-    write_json(record_path, parts)
-    keep_labels = {layout.root / r["label_file"] for r in ok}
-    if layout.labels.is_dir():
-        for f in layout.labels.rglob("*.png"):
-            if f not in keep_labels:
-                f.unlink()
-    if layout.overlays.is_dir():  # an overlay that no longer matches its label map is worse than none
-        keep = {layout.overlays / Path(r["label_file"]).relative_to("labels").with_suffix(".jpg")
-                for r in ok if r["file"] not in fresh}
-        for f in layout.overlays.rglob("*.jpg"):
-            if f not in keep:
-                f.unlink()
-    if layout.parts.is_dir():
-        for d in layout.parts.iterdir():
-            if d.name != key:
-                shutil.rmtree(d, ignore_errors=True)
-            else:
-                wanted = set(parts.values())
-                for f in d.glob("*.parquet"):
-                    if f.name not in wanted:
-                        f.unlink()
