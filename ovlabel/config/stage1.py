@@ -62,7 +62,8 @@ class AutoMaskConfig:
 
     - ``points_per_side``: a regular grid of this many points per side prompts SAM (SAM: 32).
     - ``points_per_batch``: prompts per mask-decoder call (speed/memory only).
-    - ``pred_iou_thresh``: keep masks whose predicted IoU is at least this (SAM: 0.88).
+    - ``pred_iou_thresh``: keep masks whose predicted IoU is at least this (SAM: 0.88). The predicted IoU
+      is a regression output, roughly in [0, 1] but not bounded; a negative threshold keeps every mask.
     - ``stability_score_thresh`` / ``stability_score_offset``: keep masks whose IoU between the mask
       logits thresholded at ±offset is at least this (SAM: 0.95 / 1.0).
     - ``box_nms_thresh``: masks whose boxes overlap more than this IoU are duplicates (SAM: 0.7).
@@ -85,7 +86,7 @@ class AutoMaskConfig:
         _check(self, [
             (self.points_per_side >= 1, "points_per_side", "an integer >= 1"),
             (self.points_per_batch >= 1, "points_per_batch", "an integer >= 1"),
-            (0.0 <= self.pred_iou_thresh <= 1.0, "pred_iou_thresh", "a number in [0, 1]"),
+            (-1.0 <= self.pred_iou_thresh <= 1.0, "pred_iou_thresh", "a number in [-1, 1] (0.88 = 88%)"),
             (0.0 <= self.stability_score_thresh <= 1.0, "stability_score_thresh", "a number in [0, 1]"),
             (self.stability_score_offset >= 0.0, "stability_score_offset", "a number >= 0"),
             (0.0 < self.box_nms_thresh <= 1.0, "box_nms_thresh", "a number in (0, 1]"),
