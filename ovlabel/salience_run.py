@@ -33,6 +33,7 @@ from ovlabel.artifacts import (
 from ovlabel.errors import ImageDecodeError, OvlabelError
 from ovlabel.io.atomic import write_json
 from ovlabel.masks import SOURCE_STAGE_1_1
+from ovlabel.pipeline import RunSummary
 from ovlabel.salience_config import SalienceRunConfig
 from ovlabel.vocab import Vocabulary, load_vocabulary
 
@@ -122,25 +123,10 @@ def _from_run(run_dir: Path, vocab: str | None, images: str | None) -> Inputs:
 
 
 @dataclass
-class SalienceSummary:
-    """What a salience run did (counts, failures as (file, reason), masks written, timings)."""
+class SalienceSummary(RunSummary):
+    """A :class:`~ovlabel.pipeline.RunSummary` with the model's time per phase (seconds)."""
 
-    out: Path
-    total: int = 0
-    new: int = 0
-    reused: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    new_files: set[str] = field(default_factory=set)
-    masks: int = 0
     timings: dict = field(default_factory=dict)
-
-    @property
-    def labelled(self) -> int:
-        return self.new + self.reused
-
-    def describe(self) -> str:
-        return (f"{self.total} images: {self.labelled} labelled ({self.new} new, {self.reused} already done), "
-                f"{len(self.failures)} failed; {self.masks} masks -> {self.out}")
 
 
 class _Lazy:
