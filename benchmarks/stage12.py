@@ -155,8 +155,13 @@ def _iou_threshold(sam, image, args) -> float:
             for i in range(0, len(pts), 64)
         ])
     sam.stats.clear()
-    k = min(args.target_masks, len(ious))
-    return float(ious.sort(descending=True).values[k - 1])
+    # Random weights predict many equal IoUs: take the threshold (between distinct values) whose kept count
+    # is closest to the target, rather than one that a tie turns into thousands of masks.
+    values = ious.sort(descending=True).values
+    distinct = torch.unique(values).flip(0)  # descending
+    kept = torch.stack([(values >= v).sum() for v in distinct])
+    best = int((kept - args.target_masks).abs().argmin())
+    return float(distinct[best])
 
 
 def _naive(images, sam, clip, text, seg, device, sync) -> tuple[float, float]:
