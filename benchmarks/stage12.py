@@ -80,6 +80,7 @@ def main() -> None:
     for e in entries:
         shutil.copy(e.path, Path(folder.name) / e.path.name)
 
+    print("[choosing the IoU threshold: one untimed decoder pass]", file=sys.stderr, flush=True)
     seg = AutoMaskConfig(
         points_per_side=args.points_per_side, pred_iou_thresh=_iou_threshold(sam, images[0], args),
         stability_score_thresh=0.0, box_nms_thresh=args.box_nms_thresh, min_area=0.0, max_area=1.0,
@@ -98,6 +99,7 @@ def main() -> None:
         summary = run(folder.name, Path(out) / "run", cfg, models={"clip": clip, "sam": sam})
         sync()
         ours = time.perf_counter() - t0
+        print(f"[ovlabel: {ours:.1f} s for {len(images)} images]", file=sys.stderr, flush=True)
         import pyarrow.parquet as pq
 
         sources = pq.read_table(Path(out) / "run" / "masks.parquet").column("source").to_pylist()
@@ -195,6 +197,7 @@ def _naive(images, sam, clip, text, seg, device, sync) -> tuple[float, float]:
         sync()
         total += time.perf_counter() - t0
         count += len(anns)
+        print(f"[naive: image done, {len(anns)} masks, {total:.1f} s so far]", file=sys.stderr, flush=True)
     return total / len(images), count / len(images)
 
 
