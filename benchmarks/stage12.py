@@ -202,4 +202,8 @@ def _naive(images, sam, clip, text, seg, device, sync) -> tuple[float, float]:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from ovlabel.malloc import reexec_with_malloc_tuning
+
+    reexec_with_malloc_tuning([sys.executable, *sys.argv])  # the CLI runs with it; so do the timings
     sys.exit(main())

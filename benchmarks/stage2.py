@@ -183,4 +183,8 @@ def _train_steps(enc, text, dims, args, device, precision, tmp: Path, timed):
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from ovlabel.malloc import reexec_with_malloc_tuning
+
+    reexec_with_malloc_tuning([sys.executable, *sys.argv])  # the CLI runs with it; so do the timings
     sys.exit(main())

@@ -23,4 +23,9 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
+    import sys
+
+    from ovlabel.malloc import reexec_with_malloc_tuning
+
+    reexec_with_malloc_tuning([sys.executable, "-m", "ovlabel", *sys.argv[1:]])
     app(prog_name="ovlabel")
