@@ -109,7 +109,13 @@ def main() -> None:
     stats = summary.stats
 
     naive, naive_masks = float("nan"), float("nan")
-    if not args.skip_naive:
+    if seg.pred_iou_thresh <= 0 and not args.skip_naive:
+        # SamAutomaticMaskGenerator applies its IoU filter only for a threshold > 0: it would keep, encode
+        # and classify every candidate mask, which is no like-for-like comparison.
+        print(f"[naive skipped: the IoU threshold for {args.target_masks} masks is {seg.pred_iou_thresh:.4f} <= 0 "
+              f"(these random weights predict negative IoUs), which SamAutomaticMaskGenerator ignores]",
+              file=sys.stderr, flush=True)
+    elif not args.skip_naive:
         naive, naive_masks = _naive(images, sam, clip, text, seg, device, sync)
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
