@@ -62,8 +62,7 @@ def classify_masks(
             changes[name] = replace(getattr(cfg, name), **value)
         elif value is not None:
             changes[name] = value
-    stages = tuple(s for s in ("1.1", "1.2") if s in cfg.stages or s == "1.2")
-    cfg = replace(cfg, stages=stages, **changes, **{k: v for k, v in overrides.items() if v is not None})
+    cfg = replace(cfg, stages=(*cfg.stages, "1.2"), **changes, **{k: v for k, v in overrides.items() if v is not None})
     inputs = Path(images) if images is not None else Path(doc["input"]["path"])
     if not inputs.exists():
         raise OvlabelError(

@@ -201,8 +201,13 @@ class QuerySamWithClip:
     def query_sam(self, emb, plan: CropPlan, cls_tokens: torch.Tensor, fmap: torch.Tensor) -> DetectResult:
         """Crop voting, then one SAM decoder call with every present class's points on embedding ``emb``."""
         votes, present = vote_classes(cls_tokens, self.text, self.cfg.min_crops)
+        return DetectResult(self.query_points(emb, plan, present, fmap), votes.cpu().numpy(), present.cpu().numpy())
+
+    def query_points(self, emb, plan: CropPlan, present: torch.Tensor, fmap: torch.Tensor) -> MaskSet:
+        """The masks of the ``present`` classes (int64 vocabulary indices): their ``points_per_class`` most
+        similar patches of ``fmap`` prompt SAM, all classes in one decoder call on embedding ``emb``."""
         if len(present) == 0:
-            return DetectResult(MaskSet.empty(), votes.cpu().numpy(), present.cpu().numpy())
+            return MaskSet.empty()
         coords, _ = select_points(fmap, plan.valid_patches(), self.text[present], self.cfg.points_per_class, plan)
         labels = torch.ones(coords.shape[:2], dtype=torch.int64)
         pred = self.sam.predict_points(emb, coords, labels, multimask=self.cfg.multimask)
@@ -215,4 +220,4 @@ class QuerySamWithClip:
                 dense, present_np[sl], pred.scores[sl].cpu().numpy(), SOURCE_STAGE_1_1,
                 points=list(coords[sl].numpy()),
             ))
-        return DetectResult(MaskSet.concat(parts), votes.cpu().numpy(), present_np)
+        return MaskSet.concat(parts)

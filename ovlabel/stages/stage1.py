@@ -79,7 +79,7 @@ class Stage1:
                 votes, present = vote_classes(cls_tokens[i], self.text, det.cfg.min_crops)
                 res.votes, res.present = votes.cpu().numpy(), present.cpu().numpy()
                 if "1.1" in needs[i]:
-                    res.masks["1.1"] = det.query_sam(emb, plans[i], cls_tokens[i], fmaps[i]).masks
+                    res.masks["1.1"] = det.query_points(emb, plans[i], present, fmaps[i])
                 if "1.2" in needs[i]:
                     p = self._stage12(i, images[i], emb, plans[i], fmaps[i], res.present)
                     if isinstance(p, _Pending):
