@@ -90,7 +90,7 @@ def bench_refine(tmp: Path, n: int, size: int, k: int, worker_counts: list[int])
     from ovlabel.config import CRFConfig, RefineConfig
     from ovlabel.crf import dense_crf, unaries_from_labels
     from ovlabel.io.images import decode_image, read_file
-    from ovlabel.stages.refine import run as refine
+    from ovlabel.labelling.refine import refine
 
     run_dir = make_run(tmp, n, size, k)
     cfg = CRFConfig()

@@ -40,7 +40,7 @@ def main() -> None:
     from ovlabel.config import DetectConfig, PseudoLabelConfig
     from ovlabel.device import resolve_device, resolve_precision
     from ovlabel.models.registry import load_model, parse_model
-    from ovlabel.pipeline import run
+    from ovlabel.labelling.stage1 import label as run
 
     torch.set_flush_denormal(True)
     device = resolve_device(args.device)

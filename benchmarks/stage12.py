@@ -60,7 +60,7 @@ def main() -> None:
     from ovlabel.device import resolve_device, resolve_precision
     from ovlabel.io.images import decode_image, discover_images, read_file
     from ovlabel.models.registry import load_model, parse_model
-    from ovlabel.pipeline import run
+    from ovlabel.labelling.stage1 import label as run
     from ovlabel.text import class_text_features
     from ovlabel.vocab import load_templates, load_vocabulary
 

@@ -53,6 +53,7 @@ def main() -> None:
     from ovlabel.features import patch_grid
     from ovlabel.io.images import decode_image, discover_images, read_file
     from ovlabel.models.registry import load_model, parse_model
+    from ovlabel.labelling.segment import segment
     from ovlabel.stages import segment as seg
     from ovlabel.stages.align import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, build_module, save_weights
     from ovlabel.text import class_text_features
@@ -109,7 +110,7 @@ def main() -> None:
     save_weights(ckpt, module.cpu(), config)
     module.to(device)
     cfg = SegmentConfig(classes=args.classes, checkpoint=str(ckpt), device=args.device, precision=args.precision, progress=False)
-    run_s, summary = timed(lambda: seg.run(args.images, Path(tmp.name) / "run", cfg, models={"dinov2": enc, "clip": clip}))
+    run_s, summary = timed(lambda: segment(args.images, Path(tmp.name) / "run", cfg, models={"dinov2": enc, "clip": clip}))
 
     # 2. train-align steps from cached features
     step_s, read_s = _train_steps(enc, text, dims, args, device, precision, Path(tmp.name), timed)

@@ -11,6 +11,8 @@
       overlays/<rel>.jpg coloured overlays with a legend (optional)
       parts/<settings>/<sha256>.parquet
                          per-image results keyed by content hash: what makes runs resumable
+      cache/             bookkeeping derived from the parts (which parts each label map was painted from);
+                         safe to delete: the next run checks every label map against its parts
       soft/<rel>.npz     optional per-image class probabilities (SOFT_MAP_FORMAT), for stages that have them
       eval/<name>.json   evaluation reports written by ``ovlabel eval`` (and <name>.md)
       .lock              held by the one command writing the run (:mod:`ovlabel.io.lock`)
@@ -78,6 +80,7 @@ class RunLayout:
         self.labels = self.root / "labels"
         self.overlays = self.root / "overlays"
         self.parts = self.root / "parts"
+        self.cache = self.root / "cache"
         self.soft = self.root / "soft"
         self.evals = self.root / "eval"
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ovlabel.config import CRFConfig, _check
+from ovlabel.config._fields import knob
+from ovlabel.config.run import ModelRunConfig
 from ovlabel.errors import OvlabelError
 
 #: PnP-OVSS's blur: std 0.05 of the short side (seed 004 Tab. 2, "Gaussian Blur, Standard Deviation").
@@ -49,13 +51,13 @@ class SalienceConfig:
       the Gaussian std as a fraction of the short side (Tab. 2: 0.05).
     """
 
-    layer: int = 8
-    head: int | None = 10
-    threshold: float = 0.15
-    resolution: int = 336
-    rounds: int = 3
-    drop_patches: int = 10
-    use_crf: bool = True
+    layer: int = knob(8, help="Cross-attention layer, 1-based (PnP-OVSS Tab. 2).")
+    head: int | None = knob(10, help="Attention head, 1-based, or 'mean' (Tab. 2).", parse=parse_head)
+    threshold: float = knob(0.15, help="Threshold on min-max-normalised salience (Tab. 2).")
+    resolution: int = knob(336, help="BLIP's square input side (px, multiple of 16; PnP-OVSS Tab. 3: 336).")
+    rounds: int = knob(3, help="Salience DropOut iterations summed (PnP-OVSS §3.2: 3).")
+    drop_patches: int = knob(10, help="Patches dropped after each iteration (§3.2: 10).")
+    use_crf: bool = knob(True, help="Dense CRF after the blur (CutLER's parameters).", flag="--crf/--no-crf")
     crf: CRFConfig = field(default_factory=lambda: CRFConfig(blur_sigma=SALIENCE_BLUR_SIGMA))
 
     def __post_init__(self):
@@ -73,7 +75,7 @@ class SalienceConfig:
 
 
 @dataclass
-class SalienceRunConfig:
+class SalienceRunConfig(ModelRunConfig):
     """Everything ``salience`` needs besides its input and output.
 
     - ``vocab``: a vocabulary (preset, file, comma list) whose classes all go into every image's prompt;
@@ -83,20 +85,20 @@ class SalienceRunConfig:
     - ``keep_soft``: also write the CRF's unary probabilities as soft maps (``RUN/soft/``) for ``refine``.
     """
 
-    vocab: str | None = None
-    models: str = "default"
-    blip: str | None = None
-    device: str = "auto"
-    precision: str = "auto"
+    vocab: str | None = knob(None, help="Classes for every image: preset, file or comma list.",
+                             shown="with a run: the classes its Stage 1.1 detected per image")
+    models: str = knob("default", help="Model preset: 'default' (blip:itm-large-coco) or 'tiny' (random, for "
+                       "tests/offline demos).")
+    blip: str | None = knob(None, help="BLIP model: blip:itm-large-coco|itm-base-coco|itm-large-flickr|"
+                            "itm-base-flickr[/FOLDER] (see `ovlabel models`).", shown="the preset's")
     salience: SalienceConfig = field(default_factory=SalienceConfig)
-    images: str | None = None
-    batch_size: int = 4
-    keep_soft: bool = False
-    overwrite: bool = False
-    overlays: bool = False
-    progress: bool = True
+    images: str | None = knob(None, help="Image root of an input run, if the images moved.", shown="the run's")
+    batch_size: int = knob(4, help="Images per BLIP forward/backward pass.")
+    keep_soft: bool = knob(False, help="Also keep the blurred class probabilities in <out>/soft/ (compressed) for "
+                           "`ovlabel refine`.", flag="--keep-soft")
 
     def __post_init__(self):
+        super().__post_init__()
         if self.batch_size < 1:
             raise OvlabelError(f"batch_size={self.batch_size!r} is invalid: expected an integer >= 1")
 
@@ -113,22 +115,24 @@ class TuneConfig:
     - ``clip``, ``templates``: the reward's CLIP model (§4.1: ViT-L/14 at 336 px) and prompt templates.
     """
 
-    vocab: str | None = None
-    models: str = "default"
-    blip: str | None = None
-    clip: str | None = None
-    templates: str = "fmbseg"
-    device: str = "auto"
-    precision: str = "auto"
-    resolution: int = 336
-    rounds: int = 3
-    drop_patches: int = 10
-    images: str | None = None
-    trials: int = 100
-    sigma_trials: int = len(SEARCH_SIGMAS)
-    max_images: int = 50
-    seed: int = 0
-    progress: bool = True
+    vocab: str | None = knob(None, help="Classes for every image: preset, file or comma list.",
+                             shown="with a run: the classes its Stage 1.1 detected per image")
+    models: str = knob("default", help="Model preset: 'default' (blip:itm-large-coco) or 'tiny'.")
+    blip: str | None = knob(None, help="BLIP model (see `ovlabel models`).", shown="the preset's")
+    clip: str | None = knob(None, help="CLIP model of the reward.", shown="the preset's, clip:ViT-L-14/openai")
+    templates: str = knob("fmbseg", help="Prompt templates of the reward's CLIP text features.")
+    device: str = knob("auto", help="auto, cpu, cuda or cuda:N.")
+    precision: str = knob("auto", help="auto (bf16/fp16 autocast on GPU, fp32 on CPU), fp32, fp16, bf16.")
+    resolution: int = knob(336, help="BLIP's square input side (px, multiple of 16; PnP-OVSS Tab. 3: 336).")
+    rounds: int = knob(3, help="Salience DropOut iterations summed (PnP-OVSS §3.2: 3).")
+    drop_patches: int = knob(10, help="Patches dropped after each iteration (§3.2: 10).")
+    images: str | None = knob(None, help="Image root of an input run, if the images moved.", shown="the run's")
+    trials: int = knob(100, help="(layer, head, threshold) combinations tried (random, without replacement).")
+    sigma_trials: int = knob(len(SEARCH_SIGMAS), help="Blur stds tried afterwards, of 0.01..0.11 (0 = keep the "
+                             "default).")
+    max_images: int = knob(50, help="Images scored (a seeded sample when there are more).")
+    seed: int = knob(0, help="Seed of the search and of the image sample.")
+    progress: bool = knob(True, help="Show progress bars.")
 
     def __post_init__(self):
         _check(self, [

@@ -7,7 +7,7 @@ from pathlib import Path
 from ovlabel.artifacts import RunLayout, read_manifest
 from ovlabel.errors import OvlabelError
 from ovlabel.io.lock import run_lock
-from ovlabel.runinfo import write_overlays
+from ovlabel.engine.rebuild import write_overlays
 
 
 def show_run(run_dir: str | Path, image_root: str | Path | None = None) -> tuple[int, Path]:

@@ -21,7 +21,7 @@ from ovlabel.diff import DRIFT_EXIT_CODE, diff_runs
 from ovlabel.errors import OvlabelError
 from ovlabel.io.atomic import write_json
 from ovlabel.io.lock import RunLocked, run_lock
-from ovlabel.pipeline import check_output_dir
+from ovlabel.engine import Inputs, check_output_dir
 
 DATA_FILES = ("masks.parquet", "coco.json", "manifest.parquet")
 FAST = ["--vocab", "cat,dog,sky", "--stages", "1.1"]  # the bookkeeping under test does not depend on either
@@ -138,10 +138,11 @@ def test_leftovers_of_a_killed_first_run_do_not_make_a_folder_foreign(tmp_path):
     out.mkdir()
     (out / ".lock").write_text("{}")
     (out / ".run.json.k2j4h1.tmp").write_text("{")
-    check_output_dir(out, tmp_path / "images", "folder")  # no error
+    images = Inputs([], tmp_path / "images", {"kind": "folder"})
+    check_output_dir(out, images)  # no error
     (out / "notes.txt").write_text("mine")
     with pytest.raises(OvlabelError, match="not an ovlabel run"):
-        check_output_dir(out, tmp_path / "images", "folder")
+        check_output_dir(out, images)
 
 
 def make_run(root: Path, classes: list[str], images: dict[str, tuple[str, np.ndarray]]) -> Path:
@@ -212,7 +213,7 @@ def test_diff_refuses_what_is_not_a_complete_run(tmp_path):
 def test_settings_key_follows_weight_file_contents_not_folders(tmp_path):
     from ovlabel.config import PseudoLabelConfig
     from ovlabel.models.registry import ModelSpec, resolve_models
-    from ovlabel.pipeline import run_settings, weight_digests
+    from ovlabel.labelling.stage1 import run_settings, weight_digests
     from ovlabel.vocab import load_templates, load_vocabulary
 
     weights = tmp_path / "sam.pth"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ovlabel.config import DetectConfig, PseudoLabelConfig
-from ovlabel.pipeline import run
+from ovlabel.labelling.stage1 import label as run
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
 

@@ -28,7 +28,7 @@ from ovlabel.crf import refine_label_map, unaries_from_labels
 from ovlabel.errors import OvlabelError
 from ovlabel.io.atomic import write_json
 from ovlabel.masks import MaskSet
-from ovlabel.stages.refine import run as refine
+from ovlabel.labelling.refine import RefineStage, refine
 from ovlabel.vocab import load_vocabulary
 
 runner = CliRunner()
@@ -145,9 +145,9 @@ def test_refine_resumes_without_redoing_finished_images(tmp_path):
     finished = read_label_png(out / "labels" / "a.png")
     # simulate a kill after image a: b's part and label map are gone, the dataset files never written
     layout = RunLayout(out)
-    key = json.loads(layout.run_json.read_text())["settings_key"]
-    record = json.loads((layout.parts / key / "labels.json").read_text())
-    (layout.parts / key / record["b.png"]).unlink()
+    stage = RefineStage(parent, cfg)
+    (b,) = [item for item in stage.inputs.items if item.file == "b.png"]
+    (layout.part(stage.key, stage.part_ids(b, b.sha256)["refine"])).unlink()
     (out / "labels" / "b.png").unlink()
     (out / "masks.parquet").unlink()
     summary = refine(parent, out, cfg)

@@ -19,6 +19,7 @@ from ovlabel.config import CRFConfig, SegmentConfig, TrainAlignConfig
 from ovlabel.crf import dense_crf
 from ovlabel.errors import OvlabelError
 from ovlabel.models.registry import load_model, parse_model
+from ovlabel.labelling.segment import segment
 from ovlabel.stages import segment as seg
 from ovlabel.stages import train as train_mod
 from ovlabel.stages.align import build_module, load_checkpoint
@@ -61,7 +62,7 @@ def test_training_learns_held_out_scenes(trained):
     tmp, _, summary, test_gt = trained
     assert summary.epochs_done == 10 and summary.history[-1]["loss"] < summary.history[0]["loss"]
     out = tmp / "seg"
-    seg.run(tmp / "test", out, SegmentConfig(classes=VOCAB, checkpoint=str(tmp / "ckpt"), device="cpu", progress=False))
+    segment(tmp / "test", out, SegmentConfig(classes=VOCAB, checkpoint=str(tmp / "ckpt"), device="cpu", progress=False))
     preds, files = predictions(out)
     gts = [test_gt[f] for f in files]
     trained_miou = miou(preds, gts, 4)
@@ -233,7 +234,7 @@ def test_segment_refine_runs_end_to_end(trained, tmp_path):
     tmp, _, _, test_gt = trained
     out = tmp_path / "refined"
     cfg = SegmentConfig(classes=VOCAB, checkpoint=str(tmp / "ckpt"), refine=True, device="cpu", progress=False)
-    summary = seg.run(tmp / "test" / "scene_001.png", out, cfg)
+    summary = segment(tmp / "test" / "scene_001.png", out, cfg)
     assert summary.labelled == 1
     lm = read_label_png(next((out / "labels").glob("*.png")))
     assert lm.shape == test_gt["scene_001.png"].shape and lm.max() < 4

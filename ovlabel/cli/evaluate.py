@@ -8,68 +8,30 @@ from typing import Annotated, Optional
 import typer
 
 from ovlabel.cli._app import _guard, app, report_run
-from ovlabel.config import GT_LAYOUTS, CRFConfig, EvalConfig, RefineConfig, default_workers
-
-_C = CRFConfig()
-_E = EvalConfig()
+from ovlabel.cli._options import build_config, config_command, param
+from ovlabel.config import EvalConfig, RefineConfig
 
 
-@app.command()
-def refine(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory (pseudo-label, refine, ...); it is only read.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="New run directory to write (default: RUN_DIR-crf next to it).")] = None,
-    images: Annotated[Optional[Path], typer.Option(help="Image root, if the images moved since the run.")] = None,
-    blur_sigma: Annotated[float, typer.Option(help="Gaussian blur of hard masks before the CRF, as a fraction of the short side (PnP-OVSS §3.3); 0 = none.")] = _C.blur_sigma,
-    iterations: Annotated[int, typer.Option(help="Mean-field iterations.")] = _C.iterations,
-    pos_w: Annotated[float, typer.Option(help="Smoothness kernel weight.")] = _C.pos_w,
-    pos_xy_std: Annotated[float, typer.Option(help="Smoothness kernel spatial std (px).")] = _C.pos_xy_std,
-    bi_w: Annotated[float, typer.Option(help="Appearance (bilateral) kernel weight.")] = _C.bi_w,
-    bi_xy_std: Annotated[float, typer.Option(help="Appearance kernel spatial std (px).")] = _C.bi_xy_std,
-    bi_rgb_std: Annotated[float, typer.Option(help="Appearance kernel colour std (0-255).")] = _C.bi_rgb_std,
-    fill_unlabeled: Annotated[bool, typer.Option("--fill-unlabeled", help="Let the CRF give a class to unlabeled pixels (default: unlabeled is a label it may keep).")] = False,
-    soft: Annotated[bool, typer.Option("--soft/--no-soft", help="Use the run's stored soft maps (RUN/soft/) as unaries where present.")] = True,
-    workers: Annotated[int, typer.Option(help="CRF worker processes (default: the usable CPU cores, at most 8).", show_default=False)] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images already refined in --out (also allows new settings).")] = False,
-    overlays: Annotated[bool, typer.Option("--overlays", help="Also write coloured overlays to <out>/overlays/.")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
-):
+@config_command(app, "refine", RefineConfig, params=[
+    param("run_dir", Annotated[Path, typer.Argument(help="A run directory (pseudo-label, refine, ...); it is only read.")]),
+    param("out", Annotated[Optional[Path], typer.Option("--out", "-o", help="New run directory to write (default: RUN_DIR-crf next to it).")], None),
+])
+def refine(run_dir: Path, out: Path | None, given: dict):
     """Dense-CRF refinement of RUN_DIR's label maps into a new run (CutLER's CRF parameters by default)."""
-    cfg = _guard(lambda: RefineConfig(
-        crf=CRFConfig(iterations=iterations, pos_w=pos_w, pos_xy_std=pos_xy_std, bi_w=bi_w, bi_xy_std=bi_xy_std,
-                      bi_rgb_std=bi_rgb_std, blur_sigma=blur_sigma, fill_unlabeled=fill_unlabeled, use_soft=soft),
-        images=str(images) if images else None, workers=workers or default_workers(), overwrite=overwrite,
-        overlays=overlays, progress=progress,
-    ))
-    from ovlabel.stages.refine import run
+    cfg = build_config(RefineConfig, given)
+    from ovlabel.labelling.refine import refine as run
 
     dest = out or run_dir.expanduser().resolve().parent / f"{run_dir.expanduser().resolve().name}-crf"
-    summary = _guard(lambda: run(run_dir, dest, cfg))
-    report_run(summary, done=summary.refined)
+    report_run(_guard(lambda: run(run_dir, dest, cfg)))
 
 
-@app.command("eval")
-def eval_cmd(
-    pred: Annotated[Path, typer.Argument(help="A run directory, or a folder of label PNGs (matched to GT by file stem).")],
-    gt: Annotated[Path, typer.Argument(help="Ground truth: a folder of label PNGs, or a dataset root (VOC2012, Pascal-Context, ADE20K, COCO-Stuff 164k, Cityscapes).")],
-    protocol: Annotated[Optional[str], typer.Option(help="Published setting supplying classes, layout and background handling, e.g. sclip-voc21 (see `ovlabel protocols`).")] = None,
-    gt_layout: Annotated[str, typer.Option(help=f"Ground-truth layout: {', '.join(GT_LAYOUTS)}.")] = _E.gt_layout,
-    split: Annotated[str, typer.Option(help="Split of a known layout.")] = _E.split,
-    gt_classes: Annotated[Optional[str], typer.Option(help="GT class list (vocabulary preset, file with synonyms, or comma list); default: from the protocol/layout, else the run's vocabulary.")] = None,
-    pred_classes: Annotated[Optional[str], typer.Option(help="Class list of a PNG-folder PRED (a run names its own); default: the GT's.")] = None,
-    reduce_zero_label: Annotated[Optional[bool], typer.Option("--reduce-zero-label/--no-reduce-zero-label", help="GT 0 is ignored and other values shift down by one (default: by protocol/layout).", show_default=False)] = None,
-    unlabeled_as: Annotated[Optional[str], typer.Option(help="GT class that unlabeled (255) predictions count as, e.g. background (default: by protocol; else they count as wrong).")] = None,
-    resize_pred: Annotated[str, typer.Option(help="'none': a size mismatch is an error; 'nearest': resize predictions to the GT size.")] = _E.resize_pred,
-    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Score even if some GT images have no prediction (they are listed in the report).")] = False,
-    report: Annotated[Optional[Path], typer.Option(help="JSON report path; the Markdown report goes next to it (default: RUN/eval/<name>.json).")] = None,
-    workers: Annotated[int, typer.Option(help="Threads reading PNGs.")] = _E.workers,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
-):
+@config_command(app, "eval", EvalConfig, params=[
+    param("pred", Annotated[Path, typer.Argument(help="A run directory, or a folder of label PNGs (matched to GT by file stem).")]),
+    param("gt", Annotated[Path, typer.Argument(help="Ground truth: a folder of label PNGs, or a dataset root (VOC2012, Pascal-Context, ADE20K, COCO-Stuff 164k, Cityscapes).")]),
+])
+def eval_cmd(pred: Path, gt: Path, given: dict):
     """Score PRED against GT with mmsegmentation's IoUMetric: dataset-level mIoU, mAcc, aAcc, per-class IoU."""
-    cfg = _guard(lambda: EvalConfig(
-        protocol=protocol, gt_layout=gt_layout, split=split, gt_classes=gt_classes, pred_classes=pred_classes,
-        reduce_zero_label=reduce_zero_label, unlabeled_as=unlabeled_as, resize_pred=resize_pred,
-        allow_missing=allow_missing, report=str(report) if report else None, workers=workers, progress=progress,
-    ))
+    cfg = build_config(EvalConfig, given)
     from ovlabel.evaluate.run import evaluate
 
     result = _guard(lambda: evaluate(pred, gt, cfg))

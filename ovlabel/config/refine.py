@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ovlabel.config._checks import _check  # noqa: F401  (shared validation)
+from ovlabel.config._fields import knob
+from ovlabel.config.run import RunConfig
 from ovlabel.errors import OvlabelError
 
 
@@ -38,16 +40,19 @@ class CRFConfig:
     - ``use_soft``: use a run's stored soft maps (``RUN/soft/``) as unaries where present.
     """
 
-    iterations: int = 10
-    pos_w: float = 7.0
-    pos_xy_std: float = 3.0
-    bi_w: float = 10.0
-    bi_xy_std: float = 50.0
-    bi_rgb_std: float = 5.0
-    blur_sigma: float = 0.01
-    prob_floor: float = 1e-5
-    fill_unlabeled: bool = False
-    use_soft: bool = True
+    iterations: int = knob(10, help="Mean-field iterations.")
+    pos_w: float = knob(7.0, help="Smoothness kernel weight.")
+    pos_xy_std: float = knob(3.0, help="Smoothness kernel spatial std (px).")
+    bi_w: float = knob(10.0, help="Appearance (bilateral) kernel weight.")
+    bi_xy_std: float = knob(50.0, help="Appearance kernel spatial std (px).")
+    bi_rgb_std: float = knob(5.0, help="Appearance kernel colour std (0-255).")
+    blur_sigma: float = knob(0.01, help="Gaussian blur of hard masks before the CRF, as a fraction of the short side "
+                             "(PnP-OVSS §3.3); 0 = none.")
+    prob_floor: float = knob(1e-5, help="Probabilities are clipped to at least this before -log.")
+    fill_unlabeled: bool = knob(False, help="Let the CRF give a class to unlabeled pixels (default: unlabeled is a "
+                                "label it may keep).", flag="--fill-unlabeled")
+    use_soft: bool = knob(True, help="Use the run's stored soft maps (RUN/soft/) as unaries where present.",
+                          flag="--soft/--no-soft")
 
     def __post_init__(self):
         checks = [
@@ -66,22 +71,20 @@ class CRFConfig:
 
 
 @dataclass
-class RefineConfig:
+class RefineConfig(RunConfig):
     """Everything ``refine`` needs besides the input run and the output folder.
 
     ``images`` overrides the image root recorded in the parent run (images moved); ``workers`` CRF
-    processes run in parallel (pydensecrf is CPU-only and single-threaded).
+    processes run in parallel (pydensecrf is CPU-only and single-threaded; default: the usable cores).
     """
 
     crf: CRFConfig = field(default_factory=CRFConfig)
-    images: str | None = None
-    workers: int = field(default_factory=default_workers)
-    overwrite: bool = False
-    overlays: bool = False
-    progress: bool = True
+    images: str | None = knob(None, help="Image root, if the images moved since the run.", shown="the run's")
+    workers: int = knob(help="CRF worker processes.", factory=default_workers, shown="the usable CPU cores, at most 8")
 
     def __post_init__(self):
-        if self.workers < 1:
+        super().__post_init__()
+        if self.workers is None or self.workers < 1:
             raise OvlabelError(f"workers={self.workers!r} is invalid: expected an integer >= 1")
 
 
@@ -105,18 +108,26 @@ class EvalConfig:
     - ``report``: JSON report path (the Markdown report goes next to it).
     """
 
-    protocol: str | None = None
-    gt_layout: str = "auto"
-    split: str = "val"
-    gt_classes: str | None = None
-    pred_classes: str | None = None
-    reduce_zero_label: bool | None = None
-    unlabeled_as: str | None = None
-    resize_pred: str = "none"
-    allow_missing: bool = False
-    report: str | None = None
-    workers: int = 4
-    progress: bool = True
+    protocol: str | None = knob(None, help="Published setting supplying classes, layout and background handling, "
+                                "e.g. sclip-voc21 (see `ovlabel protocols`).")
+    gt_layout: str = knob("auto", help=f"Ground-truth layout: {', '.join(GT_LAYOUTS)}.")
+    split: str = knob("val", help="Split of a known layout.")
+    gt_classes: str | None = knob(None, help="GT class list (vocabulary preset, file with synonyms, or comma list).",
+                                  shown="from the protocol/layout, else the run's vocabulary")
+    pred_classes: str | None = knob(None, help="Class list of a PNG-folder PRED (a run names its own).",
+                                    shown="the GT's")
+    reduce_zero_label: bool | None = knob(None, help="GT 0 is ignored and other values shift down by one.",
+                                          shown="by protocol/layout")
+    unlabeled_as: str | None = knob(None, help="GT class that unlabeled (255) predictions count as, e.g. background.",
+                                    shown="by protocol; else they count as wrong")
+    resize_pred: str = knob("none", help="'none': a size mismatch is an error; 'nearest': resize predictions to the "
+                            "GT size.")
+    allow_missing: bool = knob(False, help="Score even if some GT images have no prediction (they are listed in the "
+                               "report).", flag="--allow-missing")
+    report: str | None = knob(None, help="JSON report path; the Markdown report goes next to it.",
+                              shown="RUN/eval/<name>.json")
+    workers: int = knob(4, help="Threads reading PNGs.")
+    progress: bool = knob(True, help="Show a progress bar.")
 
     def __post_init__(self):
         if self.gt_layout not in GT_LAYOUTS:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ovlabel.config._checks import _check
+from ovlabel.config._fields import knob
+from ovlabel.config.run import ModelRunConfig
 from ovlabel.errors import OvlabelError
 
 
@@ -23,15 +25,17 @@ class DetectConfig:
     - ``multimask``: let SAM propose 3 masks per prompt and keep the most confident (else one mask).
     """
 
-    resolution: int = 672
-    crop_size: int | None = None
-    overlap: float = 0.5
-    max_aspect: float = 4.0
-    min_crops: int = 1
-    points_per_class: int = 5
-    multimask: bool = True
-    clip_batch_size: int = 32
-    sam_batch_size: int = 1
+    resolution: int = knob(672, help="Short side (px) the image is over-sampled to before cropping.")
+    crop_size: int | None = knob(None, help="Sliding-window crop (px).", shown="CLIP's input size")
+    overlap: float = knob(0.5, help="Fraction of a crop shared with its neighbour.")
+    max_aspect: float = knob(4.0, help="Cap the over-sampled long side at resolution x this.")
+    min_crops: int = knob(1, help="A class is present if it is the best match of at least this many crops.")
+    points_per_class: int = knob(5, help="SAM point prompts per present class (the most similar patches).",
+                                 flag="--points")
+    multimask: bool = knob(True, help="Let SAM propose 3 masks per class and keep the most confident.",
+                           flag="--multimask/--single-mask")
+    clip_batch_size: int = knob(32, help="CLIP crops per forward pass.")
+    sam_batch_size: int = knob(1, help="Images per SAM image-encoder pass.")
 
     def __post_init__(self):
         checks = [
@@ -72,15 +76,17 @@ class AutoMaskConfig:
       ``min_mask_region_area``).
     """
 
-    points_per_side: int = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    min_area: float = 0.0005
-    max_area: float = 0.95
-    min_region_area: int = 0
+    points_per_side: int = knob(32, help="Stage 1.2: SAM prompt grid points per side.")
+    points_per_batch: int = knob(64, help="Stage 1.2: prompts per SAM decoder call (speed/memory only).")
+    pred_iou_thresh: float = knob(0.88, help="Stage 1.2: keep masks with SAM's predicted IoU at least this.")
+    stability_score_thresh: float = knob(0.95, help="Stage 1.2: keep masks with a stability score at least this.",
+                                         flag="--stability-thresh")
+    stability_score_offset: float = knob(1.0, help="Stage 1.2: logit offset of the stability score.",
+                                         flag="--stability-offset")
+    box_nms_thresh: float = knob(0.7, help="Stage 1.2: box IoU above which masks are duplicates.")
+    min_area: float = knob(0.0005, help="Stage 1.2: smallest mask kept, as a fraction of the image.")
+    max_area: float = knob(0.95, help="Stage 1.2: largest mask kept, as a fraction of the image.")
+    min_region_area: int = knob(0, help="Stage 1.2: fill holes and drop islands below this many pixels (0 = off).")
 
     def __post_init__(self):
         _check(self, [
@@ -117,10 +123,11 @@ class ClassifyConfig:
     - ``top_k``: class scores kept per mask.
     """
 
-    classifier: str = "fmbseg"
-    ensemble_lambda: float = 0.7
-    templates: str = "vild"
-    top_k: int = 3
+    classifier: str = knob("fmbseg", help=f"Stage 1.2 mask classifier: {', '.join(CLASSIFIERS)}.")
+    ensemble_lambda: float = knob(0.7, help="Weight of the masked-crop classifier in the ensemble p^(1-l)*p_crop^l.")
+    templates: str = knob("vild", help="Templates of the masked-crop classifier (fmbseg, vild, imagenet or a file).",
+                          flag="--crop-templates")
+    top_k: int = knob(3, help="Class scores kept per Stage 1.2 mask.")
 
     def __post_init__(self):
         _check(self, [
@@ -158,9 +165,9 @@ class MergeConfig:
       the regions around them).
     """
 
-    stage12_ratio: float = 1.0
-    seed: int = 0
-    paint: str = "score"
+    stage12_ratio: float = knob(1.0, help="Fraction of each image's Stage 1.2 masks kept (seeded sample).")
+    seed: int = knob(0, help="Seed of the Stage 1.2 sample.")
+    paint: str = knob("score", help=f"Which mask wins overlapping pixels in label maps: {', '.join(PAINT_POLICIES)}.")
 
     def __post_init__(self):
         _check(self, [
@@ -182,7 +189,7 @@ def parse_stages(text: str) -> tuple[str, ...]:
 
 
 @dataclass
-class PseudoLabelConfig:
+class PseudoLabelConfig(ModelRunConfig):
     """Everything ``pseudo-label`` needs besides the input and output paths.
 
     ``models`` is a preset (``default`` or ``tiny``); ``clip``/``sam`` override one family
@@ -190,24 +197,25 @@ class PseudoLabelConfig:
     share batches. ``overwrite`` redoes images that are already done.
     """
 
-    vocab: str = "coco-stuff"
-    templates: str = "fmbseg"
-    models: str = "default"
-    clip: str | None = None
-    sam: str | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    stages: tuple[str, ...] = STAGES
+    vocab: str = knob("coco-stuff", help="Preset (coco-stuff, coco-object, voc, voc-bg, pascal-context, "
+                      "pascal-context-60, ade20k, cityscapes), a class file, or a comma list 'rocket,bridge'.")
+    templates: str = knob("fmbseg", help="Prompt templates: fmbseg ('a photo of a {}.'), vild (14), imagenet (80), "
+                          "or a file.")
+    models: str = knob("default", help="Model preset: 'default' (clip:ViT-L-14/openai + sam:vit_h) or 'tiny' "
+                       "(random, for tests/offline demos).")
+    clip: str | None = knob(None, help="CLIP model, e.g. clip:ViT-B-16/openai or clip:ViT-L-14/PATH (see `ovlabel "
+                            "models`).", shown="the preset's")
+    sam: str | None = knob(None, help="SAM model: sam:vit_h|vit_l|vit_b[/PATH or URL].", shown="the preset's")
+    stages: tuple[str, ...] = knob(STAGES, help="FMbSeg stages to run: 1.1 (CLIP crops query SAM), 1.2 (SAM "
+                                   "automatic masks classified by CLIP), or both.", parse=lambda v: v, shown="1.1,1.2")
     detect: DetectConfig = field(default_factory=DetectConfig)
     automask: AutoMaskConfig = field(default_factory=AutoMaskConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
-    image_batch: int = 8
-    overwrite: bool = False
-    overlays: bool = False
-    progress: bool = True
+    image_batch: int = knob(8, help="Images in flight at once (their CLIP crops share batches).")
 
     def __post_init__(self):
+        super().__post_init__()
         if self.image_batch < 1:
             raise OvlabelError(f"image_batch={self.image_batch!r} is invalid: expected an integer >= 1")
         if isinstance(self.stages, str):

@@ -6,25 +6,20 @@ similarity of every patch with the L2-normalised CLIP text feature of every clas
 templates), similarities upsampled bilinearly to the full image ("we interpolate the similarities to the
 original image dimension"), and each pixel takes its most similar class. With ``refine`` the class
 probabilities ``softmax(similarity / temperature)`` (the training temperature) are refined by a dense CRF
-first. The output is a run directory like pseudo-label's (one mask per predicted class per image, source
-``segment``), written and resumed by the same machinery (:mod:`ovlabel.pipeline`).
+first. :mod:`ovlabel.labelling.segment` runs it as a stage of the run engine (one mask per predicted class
+per image, source ``segment``).
 """
 
 from __future__ import annotations
 
-import shutil
-from dataclasses import asdict
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovlabel.artifacts import RunLayout, label_names
-from ovlabel.config import CRFConfig, SegmentConfig
+from ovlabel.config import CRFConfig
 from ovlabel.crf import dense_crf
-from ovlabel.errors import OvlabelError
 from ovlabel.features import patch_grid
 from ovlabel.masks import MaskSet
 
@@ -116,7 +111,7 @@ class AlignedSegmenter:
 
     def process(self, images: list[np.ndarray], needs=None) -> list[SimpleNamespace]:
         """One result per image whose ``.masks`` is ``{"segment": MaskSet}``: one mask per predicted class
-        (``pipeline._label_images``'s contract; ``needs`` is always that one stage)."""
+        (:class:`ovlabel.labelling.segment.SegmentWorker` makes them the stage's outputs)."""
         out = []
         for image in images:
             labels, score = self.predict(image)
@@ -125,124 +120,3 @@ class AlignedSegmenter:
             ms = MaskSet.from_dense(dense, present, score[present], SOURCE_SEGMENT)
             out.append(SimpleNamespace(masks={SOURCE_SEGMENT: ms}))
         return out
-
-
-class _Lazy:
-    """Loads the encoders, checkpoint and text features on first use (``pipeline._label_images``'s contract)."""
-
-    def __init__(self, cfg: SegmentConfig, module, config: dict, specs: dict, vocab, templates, injected):
-        from ovlabel.device import resolve_device, resolve_precision
-
-        self.cfg, self.module, self.config, self.specs = cfg, module, config, specs
-        self.vocab, self.templates, self.injected = vocab, templates, injected
-        self.device = resolve_device(cfg.device)
-        self.precision = resolve_precision(cfg.precision, self.device)
-        self.stage = None
-
-    def get(self) -> AlignedSegmenter:
-        if self.stage is None:
-            from ovlabel.models.registry import load_model
-            from ovlabel.text import class_text_features
-
-            if self.injected:
-                encoder, clip = self.injected["dinov2"], self.injected["clip"]
-            else:
-                encoder = load_model(self.specs["dinov2"], self.device, self.precision)
-                clip = load_model(self.specs["clip"], self.device, self.precision)
-            _warn_if_other_weights(encoder.identity, self.config["vision_encoder"])
-            _warn_if_other_weights(clip.identity, self.config["text_encoder"])
-            text = class_text_features(clip, self.vocab, self.templates).to(self.device)
-            self.clip = clip
-            resolution = self.cfg.resolution or int(self.config["resolution"])
-            self.stage = AlignedSegmenter(encoder, self.module.to(self.device), text, self.config, resolution, self.cfg.refine, self.precision)
-        return self.stage
-
-    def identities(self) -> dict | None:
-        if self.stage is None:
-            return None
-        return {"dinov2": self.stage.encoder.identity, "clip": self.clip.identity}
-
-    def stats(self) -> dict:
-        return dict(self.stage.encoder.stats) if self.stage else {}
-
-
-def _warn_if_other_weights(loaded: dict, trained: dict) -> None:
-    import sys
-
-    if loaded.get("sha256") != trained.get("sha256") or loaded.get("arch") != trained.get("arch"):
-        print(
-            f"warning: {loaded.get('spec')} is not the model the checkpoint was trained with "
-            f"({trained.get('spec')}, sha256 {str(trained.get('sha256'))[:12]}); the labels may be meaningless",
-            file=sys.stderr,
-        )
-
-
-def run(inputs: str | Path, out: str | Path, cfg: SegmentConfig, models: dict | None = None):
-    """Segment every image under ``inputs`` into the run directory ``out`` with ``cfg.classes``.
-
-    ``models`` may inject ready ``{"dinov2": ..., "clip": ...}``. Returns a :class:`ovlabel.pipeline.RunSummary`.
-    """
-    from ovlabel.cache import file_sha256
-    from ovlabel.io.images import discover_images
-    from ovlabel.io.lock import remove_stale_temps, run_lock
-    from ovlabel.models.registry import parse_model
-    from ovlabel.pipeline import RunSummary, _label_images, _PartStore, check_output_dir, settings_key
-    from ovlabel.runinfo import finalize, recompute_reasons, start_run_json
-    from ovlabel.stages.align import WEIGHTS_FILE, load_checkpoint
-    from ovlabel.vocab import Templates, load_templates, load_vocabulary
-
-    if not cfg.classes.strip():
-        raise OvlabelError("no classes given: pass --classes as a comma list ('rocket,bridge'), a class file or a preset")
-    vocab = load_vocabulary(cfg.classes)
-    module, config = load_checkpoint(cfg.checkpoint, "cpu")
-    if cfg.templates:
-        templates = load_templates(cfg.templates)
-    else:
-        templates = Templates(name=config["templates"]["name"], templates=tuple(config["templates"]["templates"]))
-    if models:
-        specs, names = {}, {f: m.identity["spec"] for f, m in models.items()}
-    else:
-        specs = {
-            "dinov2": parse_model(cfg.dinov2 or config["vision_encoder"]["spec"], "dinov2"),
-            "clip": parse_model(cfg.clip or config["text_encoder"]["spec"], "clip"),
-        }
-        names = {f: s.name for f, s in specs.items()}
-    lazy = _Lazy(cfg, module, config, specs, vocab, templates, models)
-    out = Path(out).expanduser().resolve()
-    layout = RunLayout(out)
-    source = discover_images(inputs, exclude=out)
-    check_output_dir(out, source.root, source.kind)
-    weights = Path(cfg.checkpoint).expanduser().resolve() / WEIGHTS_FILE
-    settings = {
-        "stages": ["segment"],
-        "vocabulary": vocab.to_json(),
-        "templates": templates.to_json(),
-        "models": names,
-        # the weights' digest, not their folder: a moved checkpoint still resumes (the folder is recorded
-        # in run.json's last_invocation.parameters)
-        "checkpoint": {"sha256": file_sha256(weights), "epoch": config.get("epoch")},
-        "segment": {
-            "resolution": cfg.resolution or int(config["resolution"]), "max_aspect": config["max_aspect"],
-            "temperature": config["temperature"], "refine": cfg.refine, "crf": asdict(CRFConfig()) if cfg.refine else None,
-        },
-    }
-    key = settings_key(settings)
-    stage_keys = {SOURCE_SEGMENT: key}
-    out.mkdir(parents=True, exist_ok=True)
-    with run_lock(out, "segment"):  # the same run-directory protocol as pseudo-label (see pipeline.run)
-        prev = layout.read_run_json()
-        trusted = bool(prev) and prev.get("status") == "complete"
-        if not trusted:
-            remove_stale_temps(out)  # left by a killed predecessor
-        reasons = recompute_reasons(prev, settings, key, stage_keys, cfg, (), out)
-        if cfg.overwrite:
-            shutil.rmtree(layout.parts / key, ignore_errors=True)
-        start_run_json(layout, prev, inputs, source, settings, key, stage_keys, command="segment")
-        summary = RunSummary(out=out, total=len(source.entries), reasons=reasons)
-        names_png = label_names([e.rel for e in source.entries])
-        store = _PartStore(layout, stage_keys)
-        rows = _label_images(store, source.entries, names_png, cfg, lazy, summary, desc="segment")
-        summary.stats = lazy.stats()
-        finalize(layout, key, store, source, rows, vocab, settings, lazy, cfg, summary, trusted=trusted)
-    return summary
-

@@ -55,7 +55,7 @@ class TrainSummary:
 
 
 def _settings_key(settings: dict) -> str:
-    from ovlabel.pipeline import settings_key
+    from ovlabel.engine import settings_key
 
     return settings_key(settings)
 
@@ -318,7 +318,7 @@ def _provenance(out, settings, key, data, used, cache, cfg, device, precision) -
         prev = json.loads((out / ck.PROVENANCE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         pass
-    from ovlabel.runinfo import _versions
+    from ovlabel.engine.provenance import versions as _versions
 
     return prev | {
         "ovlabel_version": __version__, "command": "train-align", "argv": sys.argv,

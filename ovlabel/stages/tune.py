@@ -131,13 +131,13 @@ def tune(inputs, out_file, cfg: TuneConfig, blip=None, clip=None) -> dict:
     from ovlabel.device import resolve_device, resolve_precision
     from ovlabel.io.images import decode_image, read_file
     from ovlabel.models.registry import load_model, resolve_models
-    from ovlabel.salience_run import resolve_inputs
+    from ovlabel.labelling.salience import resolve_inputs
     from ovlabel.stages.salience import SalienceExtractor
     from ovlabel.text import class_text_features
     from ovlabel.vocab import load_templates
 
-    res = resolve_inputs(inputs, cfg.vocab, cfg.images)
-    if len(res.vocab) < 2:
+    res, vocab, classes_from = resolve_inputs(inputs, cfg.vocab, cfg.images)
+    if len(vocab) < 2:
         raise OvlabelError("tune needs a vocabulary of at least 2 classes: the reward's class probability (seed 004 "
                            "Eq. 7) is normalised over the vocabulary, so with one class it is always 1")
     templates = load_templates(cfg.templates)
@@ -152,7 +152,7 @@ def tune(inputs, out_file, cfg: TuneConfig, blip=None, clip=None) -> dict:
     specs = resolve_models(cfg.models, {"blip": cfg.blip, "clip": cfg.clip}, families=("blip", "clip"))
     blip = blip or load_model(specs["blip"], device, precision)
     clip = clip or load_model(specs["clip"], device, precision)
-    reward = ClipReward(clip, class_text_features(clip, res.vocab, templates))
+    reward = ClipReward(clip, class_text_features(clip, vocab, templates))
     layers = tuple(x for x in SEARCH_LAYERS if x <= blip.num_layers)
     heads = tuple(x for x in SEARCH_HEADS if x <= blip.num_heads)
     base = SalienceConfig(resolution=cfg.resolution, rounds=cfg.rounds, drop_patches=cfg.drop_patches)
@@ -166,7 +166,7 @@ def tune(inputs, out_file, cfg: TuneConfig, blip=None, clip=None) -> dict:
         except ImageDecodeError as exc:
             skipped.append((item.file, str(exc)))
             continue
-        names = [res.vocab.names[c] for c in item.classes]
+        names = [vocab.names[c] for c in item.classes]
         prompt = blip.prompt(names)
         with torch.inference_mode():
             pixels = extractor.prepare([image])
@@ -226,7 +226,7 @@ def tune(inputs, out_file, cfg: TuneConfig, blip=None, clip=None) -> dict:
     doc = {
         "format": PARAMS_FORMAT, "params": params, "reward": best["reward"], "max_reward": max_reward,
         "trials": trials, "seed": cfg.seed, "images": [it.file for it, *_ in images], "skipped": skipped,
-        "vocabulary": res.vocab.source, "classes_from": res.classes_from,
+        "vocabulary": vocab.source, "classes_from": classes_from,
         "models": {"blip": blip.identity, "clip": clip.identity},
         "settings": {"resolution": cfg.resolution, "rounds": cfg.rounds, "drop_patches": cfg.drop_patches,
                      "templates": cfg.templates, "trials": cfg.trials, "sigma_trials": n_sigma},

@@ -1,0 +1,67 @@
+"""Options every labelling run has: where its workers run, and what it writes besides the labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ovlabel.config._checks import _check
+from ovlabel.config._fields import knob
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class RunConfig:
+    """How a run executes and what it writes besides its labels (none of it changes the labels).
+
+    - ``overwrite``: redo every image (and allow new settings in an existing run directory).
+    - ``overlays``: also write coloured overlays with a legend (``RUN/overlays/``).
+    - ``progress``: show a progress bar.
+    - ``executor``: ``local`` (this machine: the driver's process, or one worker process per device/worker)
+      or ``ray`` (Ray Data actors on a local Ray instance or the cluster at ``ray_address``).
+    - ``workers``: parallel workers (local worker processes or Ray actors); None = the command's default.
+    - ``ray_address``: a Ray cluster to join (``auto``, ``ray://host:10001``); None = ``$RAY_ADDRESS``, else a
+      local Ray instance.
+    """
+
+    overwrite: bool = knob(False, help="Redo images already done in the output (also allows new settings).",
+                           flag="--overwrite")
+    overlays: bool = knob(False, help="Also write coloured overlays with a legend to <out>/overlays/.",
+                          flag="--overlays")
+    progress: bool = knob(True, help="Show a progress bar.")
+    executor: str = knob("local", help="Where workers run: local (this machine) or ray (Ray Data actors; pip install "
+                         "'ovlabel[ray]').")
+    workers: int | None = knob(None, help="Parallel workers (local processes or Ray actors).",
+                               shown="one per device, or per GPU of the Ray cluster")
+    ray_address: str | None = knob(None, help="Ray cluster to join (auto, ray://host:10001).",
+                                   shown="$RAY_ADDRESS, else a local Ray instance")
+
+    def __post_init__(self):
+        _check(self, [
+            (self.executor in EXECUTORS, "executor", " or ".join(EXECUTORS)),
+            (self.workers is None or self.workers >= 1, "workers", "an integer >= 1"),
+        ])
+
+    def execution(self) -> dict:
+        """The engine's execution settings (:class:`ovlabel.engine.Stage` fields)."""
+        return {"executor": self.executor, "workers": self.workers, "ray_address": self.ray_address,
+                "devices": ()}
+
+
+@dataclass
+class ModelRunConfig(RunConfig):
+    """A run whose workers hold models on a device.
+
+    - ``device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; ``precision``: ``auto``, ``fp32``, ``fp16``,
+      ``bf16`` (:mod:`ovlabel.device`).
+    - ``devices``: a comma list (``cuda:0,cuda:1``): one worker per device (local worker processes, or the
+      devices Ray actors are spread over); None = ``device`` alone.
+    """
+
+    device: str = knob("auto", help="auto, cpu, cuda or cuda:N.")
+    precision: str = knob("auto", help="auto (bf16/fp16 autocast on GPU, fp32 on CPU), fp32, fp16, bf16.")
+    devices: str | None = knob(None, help="Several devices, one worker each, e.g. cuda:0,cuda:1.", shown="--device")
+
+    def execution(self) -> dict:
+        devices = tuple(d.strip() for d in (self.devices or "").split(",") if d.strip())
+        return super().execution() | {"devices": devices}

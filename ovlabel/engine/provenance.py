@@ -1,0 +1,140 @@
+"""``run.json``: what a run is doing (written before any work), what it did (written last), and why it
+recomputes what it recomputes. ``status`` is the commit marker of a run directory: ``complete`` only once
+every artifact is consistent with the parts (:mod:`ovlabel.engine.rebuild`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+from datetime import datetime, timezone
+
+from ovlabel import __version__
+from ovlabel.artifacts import RunLayout
+from ovlabel.errors import OvlabelError
+from ovlabel.io.atomic import write_json
+
+TINY_NOTE = "tiny/random-initialised models were used: these labels exercise the pipeline and are meaningless"
+
+LABEL_MAPS = "uint8 PNG, value = class index (position in the vocabulary), 255 = unlabeled"
+COCO_CATEGORY_ID = "class index + 1 (COCO reserves 0)"
+
+
+def settings_key(settings: dict) -> str:
+    """The 16-hex-digit digest of a settings dict (part folders and ``settings_key`` are named by it)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def versions() -> dict:
+    """Python and the versions of the libraries that shape the outputs."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "open_clip_torch", "segment-anything", "pycocotools", "pyarrow", "numpy", "pillow"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def jsonable(obj):
+    """``obj`` with every value JSON can't hold (paths, tuples of paths) as its string."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def start(layout: RunLayout, prev: dict | None, command: str, input_info: dict, settings: dict, key: str,
+          stage_keys: dict, extra: dict) -> dict:
+    """Record, before any work, what this run is doing (status ``running``), keeping earlier history.
+    ``extra``: the stage's own fields (``parent``: the run it reads; ``models`` known in advance).
+    Returns the document, for :func:`complete`."""
+    doc = dict(prev or {})
+    doc.update({
+        "ovlabel_version": __version__,
+        "command": command,
+        "argv": sys.argv,
+        "status": "running",
+        "created": (prev or {}).get("created") or now(),
+        "updated": now(),
+        **{k: v for k, v in extra.items() if k == "parent"},
+        "input": input_info,
+        "settings_key": key,
+        "stage_keys": stage_keys,
+        "settings": settings,
+    })
+    if prev and prev.get("settings_key") != key:
+        doc.pop("models", None)
+    doc.update({k: v for k, v in extra.items() if k != "parent"})
+    write_json(layout.run_json, doc)
+    return doc
+
+
+def _changed(old: dict, new: dict) -> list[str]:
+    return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def recompute_reasons(prev: dict | None, settings: dict, key: str, stage_keys: dict, overwrite: bool,
+                      rebuild_stages: tuple[str, ...], out, hint=None) -> list[str]:
+    """Why this run recomputes more than new and changed images; raises OvlabelError for a change of
+    settings that needs ``overwrite``. ``rebuild_stages`` may change in an existing run without it as long
+    as every other stage keeps its key (``classify-masks``); ``hint(before_keys, out)`` adds advice to the
+    refusal.
+    Empty for a first run or a plain incremental one."""
+    if not prev:
+        return []
+    reasons = []
+    if prev.get("status") != "complete":
+        reasons.append(f"the previous `{prev.get('command', 'pseudo-label')}` did not finish (status "
+                       f"'{prev.get('status')}'): keeping its finished images, rebuilding the artifacts")
+    before = prev.get("stage_keys") or (  # runs of ovlabel 0.1: one stage, keyed by the run
+        {"1.1": prev.get("settings_key")} if prev.get("settings", {}).get("stages") == ["1.1"] else {}
+    )
+    changed = ", ".join(_changed(prev.get("settings", {}), settings)) or "format"
+    if prev.get("settings_key") != key and not overwrite:
+        kept = all(stage_keys.get(s) == k for s, k in before.items() if s not in rebuild_stages)
+        if not (rebuild_stages and kept):
+            raise OvlabelError(
+                f"'{out}' holds a run made with different settings (changed: {changed}); "
+                f"pass --overwrite to relabel it with the new settings, or choose another --out"
+                f"{hint(before, out) if hint else ''}"
+            )
+    redo = sorted(s for s, k in stage_keys.items() if before.get(s) != k)
+    if overwrite:
+        why = f"settings changed: {changed}" if prev.get("settings_key") != key else "same settings"
+        reasons.append(f"--overwrite ({why}): every stage of every image")
+    elif prev.get("settings_key") != key and redo:
+        reasons.append(f"settings changed ({changed}): Stage {', '.join(redo)} of every image")
+    elif prev.get("settings_key") != key:
+        reasons.append(f"settings changed ({changed}): re-merging the stages, no model pass needed")
+    return reasons
+
+
+def complete(layout: RunLayout, doc: dict, key: str, summary, models: dict | None, parameters: dict,
+             runtime: dict, artifacts: dict, note: str | None, counts: dict | None = None) -> None:
+    """Mark the run ``complete`` with its counts and provenance (written last: the commit marker)."""
+    doc.update({
+        "status": "complete",
+        "artifacts_settings_key": key,
+        "updated": now(),
+        "models": models if models is not None else doc.get("models"),
+        "counts": {
+            "images": summary.total, summary.verb: summary.labelled, "failed": len(summary.failures),
+            "masks": summary.masks, "new_this_run": summary.new, "reused_this_run": summary.reused,
+            "input_since_last_run": summary.changes or None, **(counts or {}),
+        },
+        "last_invocation": {"parameters": jsonable(parameters), "runtime": {**runtime, "versions": versions()},
+                            "model_passes": dict(summary.stats), "recomputed_because": summary.reasons},
+        "label_maps": LABEL_MAPS,
+        "coco_category_id": COCO_CATEGORY_ID,
+        "artifacts": artifacts,
+    })
+    if note:
+        doc["note"] = note
+    else:
+        doc.pop("note", None)
+    write_json(layout.run_json, doc)

@@ -1,0 +1,161 @@
+"""The one rebuild of a run's artifacts from its parts: manifest, masks.parquet, coco.json, label maps,
+overlays, and the pruning of what no longer belongs to the run.
+
+Crash safety rests on three orderings: a part is written before its label map; an overlay is deleted
+before its label map changes (an overlay on disk was always rendered from the label map beside it); and
+``run.json`` says ``complete`` only after everything here. A run that finds the previous one unfinished
+trusts only the parts: it rewrites the dataset files and checks every label map against its parts.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ovlabel import __version__
+from ovlabel.artifacts import (
+    RunLayout,
+    read_label_png,
+    read_manifest,
+    write_label_png,
+    write_manifest,
+    write_masks_and_coco,
+)
+from ovlabel.engine.store import PaintRecord, PartStore
+
+
+def overlay_path(layout: RunLayout, label_file: str) -> Path:
+    """``overlays/<rel>.jpg`` for a manifest ``label_file`` (``labels/<rel>.png``)."""
+    return layout.overlays / Path(label_file).relative_to("labels").with_suffix(".jpg")
+
+
+def write_label(layout: RunLayout, label_file: str, label_map: np.ndarray, if_changed: bool = False) -> bool:
+    """Write an image's label map (``label_file`` as in the manifest), removing its overlay first so that
+    no overlay outlives the label map it was rendered from. With ``if_changed``, leave a file that already
+    holds exactly ``label_map`` alone. Returns whether it wrote."""
+    path = layout.root / label_file
+    if if_changed and path.exists():
+        try:
+            if np.array_equal(read_label_png(path), label_map):
+                return False
+        except (OSError, ValueError):
+            pass
+    overlay_path(layout, label_file).unlink(missing_ok=True)
+    write_label_png(path, label_map)
+    return True
+
+
+def image_changes(before: list[dict] | None, rows: list[dict]) -> dict[str, int]:
+    """Count the input's images against a previous manifest: ``new`` (path not in it), ``changed`` (same
+    path, other content hash), ``removed`` (in it, not in the input), ``unchanged``."""
+    old = {r["file"]: r["sha256"] for r in before or []}
+    now = {r["file"]: r["sha256"] for r in rows}
+    counts = {"new": 0, "changed": 0, "removed": len(set(old) - set(now)), "unchanged": 0}
+    for f, sha in now.items():
+        counts["new" if f not in old else "unchanged" if old[f] == sha else "changed"] += 1
+    return counts
+
+
+def rebuild(layout: RunLayout, stage, store: PartStore, rows: list[dict], ids: dict[str, dict[str, str]],
+            summary, doc: dict, trusted: bool) -> None:
+    """Make every artifact agree with the parts of the ``ok`` rows.
+
+    ``rows``: the manifest rows in order; ``ids``: per ok file, its part ids; ``summary.new_files``: label
+    maps painted by this run; ``doc``: run.json as this run started it (its ``artifacts_settings_key`` is
+    the previous completion's); ``trusted``: the previous run completed. Skips rewriting the dataset files
+    when nothing changed; sets ``summary.changes`` and ``summary.masks``.
+    """
+    key = stage.key
+    ok = [r for r in rows if r["status"] == "ok"]
+    try:
+        on_disk = read_manifest(layout.manifest)
+    except FileNotFoundError:
+        on_disk = None
+    summary.changes = image_changes(on_disk, rows) if on_disk is not None else {}
+    record = PaintRecord(layout)
+    paint = {r["file"]: record.paint_id(key, ids[r["file"]]) for r in ok}
+    last_sha = {r["file"]: r["sha256"] for r in on_disk or []}
+    # A label map not painted by this run is trusted only if the record says it was painted from the same
+    # parts under the same settings; any other is repainted if it differs from its parts, and always if
+    # the image's content changed (its overlay shows the old image).
+    suspect = {
+        r["file"] for r in ok
+        if r["file"] not in summary.new_files
+        and (not (trusted and record.trusted(r["file"], paint[r["file"]])) or not (layout.root / r["label_file"]).exists())
+    }
+
+    def per_image(selected):
+        for r in selected:
+            parts, _, _ = store.read(ids[r["file"]])
+            masks = stage.merge(parts, r["sha256"])
+            if r["file"] in suspect:
+                lm = masks.label_map(r["height"], r["width"], policy=stage.paint)
+                write_label(layout, r["label_file"], lm, if_changed=last_sha.get(r["file"]) == r["sha256"])
+            yield r["image_id"], masks
+
+    prev_rows = on_disk if trusted and doc.get("artifacts_settings_key") == key else None
+    up_to_date = (prev_rows is not None and summary.new == 0 and prev_rows == rows
+                  and layout.masks.exists() and layout.coco.exists())
+    if up_to_date:
+        for _ in per_image([r for r in ok if r["file"] in suspect]):
+            pass
+    else:
+        info = {"description": stage.description, "version": __version__}
+        write_masks_and_coco(layout, ok, per_image(ok), stage.class_names, info)
+        write_manifest(layout.manifest, rows)
+    summary.masks = sum(r["num_masks"] for r in ok)
+    _prune(layout, store, ok, ids)
+    record.save(paint)
+    if stage.overlays:  # a relabelled image lost its overlay when its label map changed
+        write_overlays(layout, stage.inputs.root, [r for r in ok if not overlay_path(layout, r["label_file"]).exists()],
+                       stage.class_names)
+
+
+def _prune(layout: RunLayout, store: PartStore, ok: list[dict], ids: dict[str, dict[str, str]]) -> None:
+    """Remove our own stale outputs: label maps, overlays and soft maps of images no longer labelled, part
+    folders of other settings, and parts no labelled image uses. Never touches anything outside the run."""
+    keep_labels = {layout.root / r["label_file"] for r in ok}
+    for folder, want in ((layout.labels, keep_labels),
+                         (layout.overlays, {overlay_path(layout, r["label_file"]) for r in ok}),
+                         (layout.soft, {layout.soft_map(r["label_file"]) for r in ok})):
+        if folder.is_dir():
+            for f in folder.rglob("*"):
+                if f.is_file() and f not in want:
+                    f.unlink()
+    if not layout.parts.is_dir():
+        return
+    wanted = {key: {ids[r["file"]][stage] + ".parquet" for r in ok} for stage, key in store.keys.items()}
+    for d in layout.parts.iterdir():
+        if d.name not in wanted:
+            shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink()
+            continue
+        for f in d.iterdir():
+            if f.name not in wanted[d.name]:
+                f.unlink()
+
+
+def write_overlays(layout: RunLayout, image_root: Path, rows: list[dict], class_names) -> int:
+    """Write ``overlays/<rel>.jpg`` for labelled images (re-reading each source image). Returns the count
+    written; images that can no longer be read are skipped with a warning."""
+    from ovlabel.errors import ImageDecodeError
+    from ovlabel.io.atomic import atomic_path
+    from ovlabel.io.images import decode_image, read_file
+    from ovlabel.overlays import render_overlay
+
+    written = 0
+    for row in rows:
+        dest = overlay_path(layout, row["label_file"])
+        try:
+            data, _ = read_file(Path(image_root) / row["file"])
+            image = decode_image(data)
+        except ImageDecodeError as exc:
+            print(f"warning: no overlay for {row['file']}: {exc}", file=sys.stderr)
+            continue
+        label_map = read_label_png(layout.root / row["label_file"])
+        with atomic_path(dest) as tmp:
+            render_overlay(image, label_map, class_names).save(tmp, format="JPEG", quality=90)
+        written += 1
+    return written

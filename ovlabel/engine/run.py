@@ -1,0 +1,189 @@
+"""A run: one labelling command over a work list, into a run directory, resumable and crash-safe.
+
+:func:`execute` is the one place every labelling command goes through. Under the run directory's lock it
+reads what an earlier run left (``run.json``, parts), refuses settings changes that need ``--overwrite``,
+records what it is doing, sends the images whose parts are missing to an executor, writes each result as
+it arrives (soft map, then parts, then label map: a part means "done"), rebuilds the dataset artifacts
+from the parts and marks the run complete. A killed run loses at most the batches in flight.
+"""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from ovlabel.artifacts import RunLayout, write_soft_map
+from ovlabel.engine import provenance
+from ovlabel.engine.executors import make_executor
+from ovlabel.engine.inputs import check_output_dir
+from ovlabel.engine.rebuild import rebuild, write_label
+from ovlabel.engine.stage import Output, Stage, Work, Worker
+from ovlabel.engine.store import PartStore
+from ovlabel.engine.summary import RunSummary
+from ovlabel.errors import ImageDecodeError
+from ovlabel.io.images import decode_image, read_file
+from ovlabel.io.lock import remove_stale_temps, run_lock
+
+
+def execute(stage: Stage, out: str | Path, worker: Callable[[], Worker] | None = None) -> RunSummary:
+    """Run ``stage`` into the run directory ``out``; returns what it did.
+
+    ``worker``: builds a :class:`~ovlabel.engine.stage.Worker` from models the caller made (tests,
+    notebooks), called once on the first image to process; by default the executor builds workers from the
+    stage's settings. Raises
+    :class:`~ovlabel.errors.OvlabelError` for a bad output folder, a run of other settings without
+    ``overwrite``, or another process holding the run; an image that fails is recorded and skipped.
+    """
+    out = Path(out).expanduser().resolve()
+    layout = RunLayout(out)
+    check_output_dir(out, stage.inputs)
+    key, keys = stage.key, stage.keys
+    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out, stage.command):
+        prev = layout.read_run_json()
+        trusted = bool(prev) and prev.get("status") == "complete"
+        if not trusted:
+            remove_stale_temps(out)  # left by a killed predecessor
+        reasons = provenance.recompute_reasons(prev, stage.settings, key, keys, stage.overwrite,
+                                               stage.rebuild_stages, out, stage.refusal_hint)
+        if stage.overwrite:
+            for k in keys.values():
+                shutil.rmtree(layout.parts / k, ignore_errors=True)
+        if stage.overwrite or (prev and prev.get("settings_key") != key):
+            shutil.rmtree(layout.soft, ignore_errors=True)  # soft maps of other settings would mislead refine
+        doc = provenance.start(layout, prev, stage.command, stage.inputs.info, stage.settings, key, keys, stage.extra)
+
+        summary = RunSummary(out=out, total=len(stage.inputs.items), reasons=reasons, verb=stage.verb,
+                             soft=stage.soft_inputs or 0)
+        store = PartStore(layout, keys)
+        executor = make_executor(stage, worker)
+        rows, ids = _label_all(stage, layout, store, executor, summary)
+        report = executor.close()
+        summary.stats, summary.timings = report.stats, report.timings
+        rebuild(layout, stage, store, rows, ids, summary, doc, trusted)
+        models = stage.refresh_models(report.identities or None, doc)
+        note = stage.note
+        if note is None and any(m and m.get("random_init") for m in (models or {}).values()):
+            note = provenance.TINY_NOTE
+        runtime = {"device": report.device or _resolved(stage.device), "precision": report.precision,
+                   "seconds": {k: round(v, 3) for k, v in summary.timings.items()}}
+        artifacts = {"manifest": layout.manifest.name, "masks": layout.masks.name, "coco": layout.coco.name,
+                     "labels": layout.labels.name + "/", "overlays": layout.overlays.name + "/" if stage.overlays else None,
+                     "soft": layout.soft.name + "/" if stage.keep_soft else None}
+        counts = None if stage.soft_inputs is None else {"from_soft_maps": summary.soft}
+        provenance.complete(layout, doc, key, summary, models, stage.parameters, runtime, artifacts, note, counts)
+    return summary
+
+
+def _resolved(device: str) -> str | None:
+    return None if device == "auto" else device
+
+
+def _label_all(stage: Stage, layout: RunLayout, store: PartStore, executor, summary: RunSummary):
+    """Scan every item, send those with missing parts to ``executor``, write what comes back. Returns the
+    manifest rows (in item order) and, per labelled file, its part ids."""
+    from tqdm import tqdm
+
+    rows: dict[str, dict] = {}
+    ids: dict[str, dict[str, str]] = {}
+    bar = tqdm(total=len(stage.inputs.items), unit="img", desc=stage.command, disable=not stage.progress,
+               dynamic_ncols=True)
+
+    def record(item, sha, status, reason=None, width=None, height=None, n=0):
+        rows[item.file] = {
+            "image_id": item.image_id, "file": item.file, "sha256": sha, "width": width, "height": height,
+            "status": status, "reason": reason, "label_file": item.label_file if status == "ok" else None,
+            "num_masks": n,
+        }
+        if status == "failed":
+            summary.failures.append((item.file, reason))
+        bar.update(1)
+        bar.set_postfix(new=summary.new, done=summary.reused, failed=len(summary.failures), refresh=False)
+
+    def load(item):
+        """Read (and, for an inline executor, decode) one item: ``(item, sha, work or None, image, error)``."""
+        if item.reason:
+            return item, item.sha256, None, None, item.reason
+        try:
+            data, sha = read_file(item.path)
+        except ImageDecodeError as exc:
+            return item, item.sha256, None, None, str(exc)
+        if item.sha256 and sha != item.sha256:
+            return item, item.sha256, None, None, (f"image changed since the parent run (sha256 {sha[:12]} != "
+                                                   f"{item.sha256[:12]})")
+        part_ids = stage.part_ids(item, sha)
+        needs = store.missing(part_ids)
+        if not needs and stage.keep_soft and not stage.soft_path(layout, item).exists():
+            needs = set(part_ids)
+        if not needs:
+            return item, sha, None, None, None
+        work = Work(item, sha, frozenset(needs))
+        if not executor.wants_images:
+            return item, sha, work, None, None
+        try:
+            return item, sha, work, decode_image(data), None
+        except ImageDecodeError as exc:
+            return item, sha, None, None, str(exc)
+
+    def works():
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for item, sha, work, image, error in _prefetch(pool, load, stage.inputs.items, 2 * stage.batch_size):
+                if error is not None:
+                    record(item, sha, "failed", error)
+                elif work is None:  # done in an earlier run; its label map is checked in the rebuild
+                    ids[item.file] = stage.part_ids(item, sha)
+                    counts, w, h = store.info(ids[item.file])
+                    summary.reused += 1
+                    record(item, sha, "ok", width=w, height=h, n=stage.merged_count(counts))
+                else:
+                    yield work, image
+
+    for work, result in executor.run(works()):
+        item = work.item
+        if isinstance(result, str):
+            record(item, work.sha256, "failed", result)
+            continue
+        h, w = _write(stage, layout, store, work, result)
+        ids[item.file] = stage.part_ids(item, work.sha256)
+        parts = {s: m for s, m in result.parts.items() if s in work.needs}
+        merged = stage.merge(_complete(store, ids[item.file], parts), work.sha256)
+        write_label(layout, item.label_file, merged.label_map(h, w, policy=stage.paint))
+        summary.new += 1
+        summary.new_files.add(item.file)
+        record(item, work.sha256, "ok", width=w, height=h, n=len(merged))
+    bar.close()
+    return [rows[i.file] for i in stage.inputs.items], ids
+
+
+def _write(stage: Stage, layout: RunLayout, store: PartStore, work: Work, result: Output) -> tuple[int, int]:
+    """Store one image's result: its soft map first, then its parts (a part means "done"). Returns (h, w)."""
+    h, w = result.size
+    if stage.keep_soft and result.soft is not None:
+        write_soft_map(stage.soft_path(layout, work.item), *result.soft)
+    ids = stage.part_ids(work.item, work.sha256)
+    for s in work.needs:
+        store.write(s, ids[s], result.parts[s], w, h)
+    return h, w
+
+
+def _complete(store: PartStore, ids: dict[str, str], parts: dict) -> dict:
+    """``parts`` with the image's other stages read from the store (computed in an earlier run)."""
+    rest = {s: pid for s, pid in ids.items() if s not in parts}
+    return {**parts, **(store.read(rest)[0] if rest else {})}
+
+
+def _prefetch(pool, fn, items, depth: int):
+    """``map(fn, items)`` on a thread pool, in order, with at most ``depth`` items in flight."""
+    pending = []
+    it = iter(items)
+    for item in it:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= depth:
+            break
+    for item in it:
+        yield pending.pop(0).result()
+        pending.append(pool.submit(fn, item))
+    for fut in pending:
+        yield fut.result()
