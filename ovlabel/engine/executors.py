@@ -64,12 +64,15 @@ class RemoteWorker:
         import sys
 
         self.worker = stage.worker(device)
-        if threads and "torch" in sys.modules:  # the driver's count: float results do not depend on where they ran
+        if threads and "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
         self._seen = (Counter(), Counter())
 
     def __call__(self, works: list[Work]) -> tuple[list[Output | str], Report]:
+        from ovlabel.io.atomic import worker_crash_point
         from ovlabel.io.images import decode_image, read_file
+
+        worker_crash_point()
 
         results: list[Output | str | None] = [None] * len(works)
         todo, images = [], []
@@ -200,12 +203,13 @@ class ProcessExecutor:
 
 
 def _cpu_threads(devices: list[str], n: int) -> int | None:
-    """Torch threads per CPU worker process: the cores shared out, so processes do not oversubscribe."""
-    if any(d.startswith("cuda") for d in devices):
-        return None
-    from ovlabel.config import default_workers
+    """Torch threads per CPU worker process: the driver's, so that float results do not depend on which
+    process labelled an image (worker processes on GPUs keep torch's default)."""
+    import sys
 
-    return max(1, default_workers(cap=256) // n)
+    if any(d.startswith("cuda") for d in devices) or "torch" not in sys.modules:
+        return None
+    return sys.modules["torch"].get_num_threads()
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:

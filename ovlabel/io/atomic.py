@@ -8,7 +8,8 @@ writer of that run directory removes it (:func:`ovlabel.io.lock.remove_stale_tem
 Testing hook (used by the crash-safety tests, inert otherwise): if the environment variable
 ``OVLABEL_TEST_KILL_AT`` is set to ``PHASE:PATTERN[#N]``, the process SIGKILLs itself at the N-th (default
 first) atomic write whose destination file name matches the glob ``PATTERN``, just ``before`` or ``after``
-(``PHASE``) its rename; e.g. ``after:coco.json`` or ``before:*.png#2``. See :func:`crash_point`.
+(``PHASE``) its rename; e.g. ``after:coco.json`` or ``before:*.png#2``. See :func:`crash_point`, and
+:func:`worker_crash_point` for worker processes.
 """
 
 from __future__ import annotations
@@ -75,6 +76,19 @@ def crash_point(phase: str, name: str) -> None:
         _kill_hits += 1
         if _kill_hits == int(nth or 1):
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def worker_crash_point() -> None:
+    """Testing hook: with ``OVLABEL_TEST_KILL_WORKER=DIR``, a worker process about to label a batch SIGKILLs
+    itself if it can claim the file ``DIR/armed`` (renamed first, so one arming kills one worker once)."""
+    folder = os.environ.get("OVLABEL_TEST_KILL_WORKER")
+    if not folder:
+        return
+    try:
+        os.rename(Path(folder) / "armed", Path(folder) / f"fired-{os.getpid()}")
+    except OSError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def write_bytes(dest: str | os.PathLike, data: bytes) -> None:
