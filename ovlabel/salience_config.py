@@ -10,8 +10,19 @@ from dataclasses import asdict, dataclass, field
 from ovlabel.config import CRFConfig, _check
 from ovlabel.errors import OvlabelError
 
-#: PnP-OVSS's blur: std 0.05 of the short side (seed 004 Tab. 2, "Gaussian Blur, Standard Deviation").
+#: PnP-OVSS's blur: std 0.05 (seed 004 Tab. 2, "Gaussian Blur, Standard Deviation") of the long side (the
+#: released code's ``blurring``: ``scale * max(img_shape)``, letitiabanana/PnP-OVSS).
 SALIENCE_BLUR_SIGMA = 0.05
+#: Salience DropOut passes: the full image plus 3 drops (Tab. 5 "+Drop 3"; the released ``--drop_iter 4``).
+SALIENCE_ROUNDS = 4
+#: How salience maps become CRF unaries: ``softmax`` (the released code), ``indicator`` (blurred hard masks).
+UNARIES = ("softmax", "indicator")
+#: The reward's CLIP per ``--models`` preset (seed 004 §4.1: "CLIP VIT-L/14 ... The input resolution is 336";
+#: the released search loads LAVIS ``clip_feature_extractor`` ``ViT-L-14-336``). Other presets use their own CLIP.
+REWARD_CLIP = {"default": "clip:ViT-L-14-336/openai"}
+#: How the reward's probability is normalised: over the ``image``'s own classes (the released search,
+#: ``get_clipsim_for_pnmask`` with the image's ground-truth class names) or over the whole ``vocabulary``.
+REWARD_NORMS = ("image", "vocabulary")
 
 #: Random-search space of seed 004 Tab. 2 for BLIP (start, end, step; end inclusive where the step lands).
 SEARCH_LAYERS = tuple(range(1, 13))
@@ -43,20 +54,27 @@ class SalienceConfig:
       this, else it is unlabeled (seed 004 §3.3; Tab. 2: 0.15).
     - ``resolution``: BLIP's square input side (px, a multiple of 16). Seed 004 Tab. 3 reports BLIP at
       224 and 336 (336 best); §9 interpolates positional embeddings up to 768.
-    - ``rounds``: Salience DropOut iterations whose maps are summed (§3.2: three; the first sees the whole
-      image); ``drop_patches``: patches removed after each iteration (§3.2: 10).
+    - ``rounds``: Salience DropOut passes whose maps are summed, the first on the whole image (default 4:
+      the full image plus 3 drops, Tab. 5 and the released ``--drop_iter 4``); ``drop_patches``: patches
+      removed after each pass (§3.2: 10).
     - ``use_crf``: dense CRF after the blur (§3.3, Tab. 5); ``crf``: its parameters, with ``crf.blur_sigma``
-      the Gaussian std as a fraction of the short side (Tab. 2: 0.05).
+      the Gaussian std as a fraction of the long side (Tab. 2: 0.05; ``crf.blur_side``).
+    - ``unary``: ``softmax`` (the released code: blurred, min-max-normalised thresholded salience, softmax
+      over classes and background) or ``indicator`` (the blurred hard 0/1 masks as probabilities).
+    - ``itm_token``: ``enc`` (BLIP's ``[ENC]`` token at position 0 for image-text matching, as original BLIP
+      and PnP-OVSS's code) or ``cls`` (Hugging Face's ``[CLS]``).
     """
 
     layer: int = 8
     head: int | None = 10
     threshold: float = 0.15
     resolution: int = 336
-    rounds: int = 3
+    rounds: int = SALIENCE_ROUNDS
     drop_patches: int = 10
     use_crf: bool = True
     crf: CRFConfig = field(default_factory=lambda: CRFConfig(blur_sigma=SALIENCE_BLUR_SIGMA))
+    unary: str = "softmax"
+    itm_token: str = "enc"
 
     def __post_init__(self):
         _check(self, [
@@ -66,6 +84,8 @@ class SalienceConfig:
             (self.resolution >= 16 and self.resolution % 16 == 0, "resolution", "a multiple of 16 (px)"),
             (self.rounds >= 1, "rounds", "an integer >= 1"),
             (self.drop_patches >= 0, "drop_patches", "an integer >= 0"),
+            (self.unary in UNARIES, "unary", " or ".join(UNARIES)),
+            (self.itm_token in ("enc", "cls"), "itm_token", "'enc' or 'cls'"),
         ])
 
     def to_json(self) -> dict:
@@ -110,19 +130,26 @@ class TuneConfig:
     - ``sigma_trials``: blur stds then tried with the best three fixed, on the blurred Salience DropOut
       masks before the CRF (§4.1);
     - ``max_images``: images scored (a seeded sample when there are more);
-    - ``clip``, ``templates``: the reward's CLIP model (§4.1: ViT-L/14 at 336 px) and prompt templates.
+    - ``clip``, ``templates``: the reward's CLIP model (None: :data:`REWARD_CLIP` for the ``models`` preset,
+      ViT-L/14 at 336 px as §4.1; else the preset's CLIP) and prompt templates (``raw``: the class name
+      alone, as the released search feeds LAVIS's CLIP);
+    - ``reward_norm``: the reward's probability is a softmax over the ``image``'s own classes (the released
+      search) or over the whole ``vocabulary``;
+    - ``rounds``, ``drop_patches``, ``itm_token``: as :class:`SalienceConfig`.
     """
 
     vocab: str | None = None
     models: str = "default"
     blip: str | None = None
     clip: str | None = None
-    templates: str = "fmbseg"
+    templates: str = "raw"
     device: str = "auto"
     precision: str = "auto"
     resolution: int = 336
-    rounds: int = 3
+    rounds: int = SALIENCE_ROUNDS
     drop_patches: int = 10
+    itm_token: str = "enc"
+    reward_norm: str = "image"
     images: str | None = None
     trials: int = 100
     sigma_trials: int = len(SEARCH_SIGMAS)
@@ -137,4 +164,6 @@ class TuneConfig:
             (self.max_images >= 1, "max_images", "an integer >= 1"),
             (self.resolution >= 16 and self.resolution % 16 == 0, "resolution", "a multiple of 16 (px)"),
             (self.rounds >= 1, "rounds", "an integer >= 1"),
+            (self.itm_token in ("enc", "cls"), "itm_token", "'enc' or 'cls'"),
+            (self.reward_norm in REWARD_NORMS, "reward_norm", " or ".join(REWARD_NORMS)),
         ])

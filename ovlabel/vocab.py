@@ -4,7 +4,7 @@
 comma list. ``--templates`` accepts a named template set or a text file (one template per line, each
 with one ``{}``). The default template set is FMbSeg's single "a photo of a {}." (seed 003 §4.1,
 "Metrics"); ``vild`` is the 14-template ensemble OVSeg uses (seed 002 appendix A.2); ``imagenet`` is the
-80 CLIP ImageNet templates.
+80 CLIP ImageNet templates; ``raw`` is the bare class name (``tune``'s reward, as PnP-OVSS's released search).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ TEMPLATE_SETS = {
     "fmbseg": "FMbSeg's single template 'a photo of a {}.' (seed 003 §4.1)",
     "vild": "the 14 ViLD templates used by OVSeg (seed 002 appendix A.2)",
     "imagenet": "the 80 CLIP ImageNet templates (Radford et al. 2021)",
+    "raw": "the class name alone, '{}' (PnP-OVSS's released reward search feeds CLIP the bare class names)",
 }
 
 #: Label maps store class indices in uint8 with 255 meaning unlabeled.

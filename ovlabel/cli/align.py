@@ -31,9 +31,8 @@ def train_align(
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = _T.momentum,
     weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = _T.weight_decay,
     temperature: Annotated[float, typer.Option(help="Contrastive loss temperature.")] = _T.temperature,
-    stage12_fraction: Annotated[float, typer.Option(help="Fraction of Stage 1.2 masks kept (random, seeded; FMbSeg 4.1).")] = _T.stage12_fraction,
     min_labelled: Annotated[float, typer.Option(help="A patch is trained on if labelled pixels cover at least this share of it.")] = _T.min_labelled,
-    seed: Annotated[int, typer.Option(help="Seed for initialisation, image order and Stage 1.2 subsampling.")] = _T.seed,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation and image order.")] = _T.seed,
     feature_cache: Annotated[Optional[str], typer.Option(help="Folder for cached fp16 encoder features ('none' to disable; default: the ovlabel cache).")] = None,
     encoder_batch: Annotated[int, typer.Option(help="Images per encoder forward when computing features.")] = _T.encoder_batch,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = _T.device,
@@ -45,7 +44,7 @@ def train_align(
     cfg = _guard(lambda: TrainAlignConfig(
         models=models, dinov2=dinov2, clip=clip, images=str(images) if images else None, resolution=resolution,
         max_aspect=max_aspect, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-        weight_decay=weight_decay, temperature=temperature, stage12_fraction=stage12_fraction,
+        weight_decay=weight_decay, temperature=temperature,
         min_labelled=min_labelled, seed=seed, feature_cache=feature_cache, encoder_batch=encoder_batch,
         device=device, precision=precision, resume=resume, progress=progress,
     ))

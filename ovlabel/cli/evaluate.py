@@ -19,7 +19,7 @@ def refine(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (pseudo-label, refine, ...); it is only read.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="New run directory to write (default: RUN_DIR-crf next to it).")] = None,
     images: Annotated[Optional[Path], typer.Option(help="Image root, if the images moved since the run.")] = None,
-    blur_sigma: Annotated[float, typer.Option(help="Gaussian blur of hard masks before the CRF, as a fraction of the short side (PnP-OVSS §3.3); 0 = none.")] = _C.blur_sigma,
+    blur_sigma: Annotated[float, typer.Option(help="Gaussian blur of hard masks before the CRF, as a fraction of the long side (PnP-OVSS §3.3); 0 = none.")] = _C.blur_sigma,
     iterations: Annotated[int, typer.Option(help="Mean-field iterations.")] = _C.iterations,
     pos_w: Annotated[float, typer.Option(help="Smoothness kernel weight.")] = _C.pos_w,
     pos_xy_std: Annotated[float, typer.Option(help="Smoothness kernel spatial std (px).")] = _C.pos_xy_std,

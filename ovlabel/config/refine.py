@@ -30,8 +30,10 @@ class CRFConfig:
     - ``pos_w``, ``pos_xy_std``: weight and spatial std (px) of the smoothness (Gaussian) kernel.
     - ``bi_w``, ``bi_xy_std``, ``bi_rgb_std``: weight, spatial std (px) and colour std (0-255 units) of the
       appearance (bilateral) kernel.
-    - ``blur_sigma``: std of the Gaussian that smooths hard masks into unaries (seed 004 §3.3), as a fraction
-      of the image's short side; 0 keeps the hard 0/1 masks. Not applied to stored soft maps.
+    - ``blur_sigma``: std of the Gaussian that smooths masks into unaries (seed 004 §3.3), as a fraction of
+      the image's side named by ``blur_side``; 0 keeps the masks unblurred. Not applied to stored soft maps.
+    - ``blur_side``: ``long`` (default: PnP-OVSS's released code blurs with ``scale * max(img_shape)``,
+      letitiabanana/PnP-OVSS ``PnP_OVSS_0514_updated_segmentation.py``, ``blurring``) or ``short``.
     - ``prob_floor``: probabilities are clipped to at least this before ``-log`` (pydensecrf's default).
     - ``fill_unlabeled``: let the CRF assign a class to unlabeled (255) pixels; by default "unlabeled" is
       one more label the CRF may keep or shrink.
@@ -45,6 +47,7 @@ class CRFConfig:
     bi_xy_std: float = 50.0
     bi_rgb_std: float = 5.0
     blur_sigma: float = 0.01
+    blur_side: str = "long"
     prob_floor: float = 1e-5
     fill_unlabeled: bool = False
     use_soft: bool = True
@@ -57,7 +60,8 @@ class CRFConfig:
             (self.bi_w >= 0, "bi_w", "a number >= 0"),
             (self.bi_xy_std > 0, "bi_xy_std", "a number > 0 (px)"),
             (self.bi_rgb_std > 0, "bi_rgb_std", "a number > 0 (0-255 colour units)"),
-            (0 <= self.blur_sigma <= 1, "blur_sigma", "a fraction of the short side in [0, 1]"),
+            (0 <= self.blur_sigma <= 1, "blur_sigma", "a fraction of the image side in [0, 1]"),
+            (self.blur_side in ("long", "short"), "blur_side", "'long' or 'short'"),
             (0 < self.prob_floor < 0.5, "prob_floor", "a probability in (0, 0.5)"),
         ]
         for ok, name, accepted in checks:

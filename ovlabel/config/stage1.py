@@ -10,7 +10,7 @@ from ovlabel.errors import OvlabelError
 
 @dataclass(frozen=True)
 class DetectConfig:
-    """Stage 1.1 parameters. The first six change results; the batch sizes only change speed/memory.
+    """Stage 1.1 parameters. All but the batch sizes change results; the batch sizes only change speed/memory.
 
     - ``resolution``: short side (px) the image is over-sampled to before cropping.
     - ``crop_size``: sliding-window crop (px); None = CLIP's native input size. Must be a multiple of
@@ -18,7 +18,12 @@ class DetectConfig:
     - ``overlap``: fraction of a crop shared with its neighbour; the stride is rounded to whole patches.
     - ``max_aspect``: the long side is capped at ``resolution * max_aspect`` (very wide/tall images get a
       shorter short side instead of thousands of crops; no side drops below one crop).
-    - ``min_crops``: a class is present when it is the best match of at least this many crops.
+    - ``min_crops``: a class is present when it is the best match of at least this many crops. Default 2:
+      seed 003 §3.2, "assigned to more than a predefined number of crops (set to 1 in our experiments)",
+      i.e. more than one crop.
+    - ``min_valid``: a crop votes only if at least this fraction of its area is image, not the padding
+      that makes crops tile the over-sampled image (ovlabel's choice, docs/stage1.1.md: 0.5, so a crop that
+      is mostly padding never votes). Its patch features still go into the feature map.
     - ``points_per_class``: point prompts per present class (FMbSeg: 5).
     - ``multimask``: let SAM propose 3 masks per prompt and keep the most confident (else one mask).
     """
@@ -27,7 +32,8 @@ class DetectConfig:
     crop_size: int | None = None
     overlap: float = 0.5
     max_aspect: float = 4.0
-    min_crops: int = 1
+    min_crops: int = 2
+    min_valid: float = 0.5
     points_per_class: int = 5
     multimask: bool = True
     clip_batch_size: int = 32
@@ -40,6 +46,7 @@ class DetectConfig:
             (0.0 <= self.overlap < 1.0, "overlap", "a fraction in [0, 1)"),
             (self.max_aspect >= 1.0, "max_aspect", "a number >= 1"),
             (self.min_crops >= 1, "min_crops", "an integer >= 1"),
+            (0.0 <= self.min_valid <= 1.0, "min_valid", "a fraction of the crop in [0, 1]"),
             (self.points_per_class >= 1, "points_per_class", "an integer >= 1"),
             (self.clip_batch_size >= 1, "clip_batch_size", "an integer >= 1"),
             (self.sam_batch_size >= 1, "sam_batch_size", "an integer >= 1"),
@@ -149,16 +156,19 @@ PAINT_POLICIES = ("score", "stage1.1-first", "small-on-top")
 class MergeConfig:
     """How Stage 1.1 and 1.2 masks become one set of annotations and one label map per image.
 
-    - ``stage12_ratio``: fraction of each image's Stage 1.2 masks kept (FMbSeg §4.1 samples Stage 1.2
-      annotations to balance the two sources; the fraction it used is not in the text). Sampled
-      without replacement, seeded by ``seed`` and the image's content hash: same inputs, same masks.
+    - ``stage12_ratio``: fraction of each image's Stage 1.2 masks kept. FMbSeg §4.1: "in order to balance
+      the pseudo annotations of these complementary methods, we randomly sample [X] of annotations from
+      stage 1.2"; X did not survive in the text, so 0.2 is ovlabel's choice (docs/stage1.2.md). The one
+      balancing rule of ovlabel: the run's artifacts (labels, masks, COCO) hold the sample and
+      ``train-align`` trains on exactly them. Sampled without replacement, seeded by ``seed`` and the
+      image's content hash: same inputs, same masks.
     - ``paint``: which mask wins a pixel where masks overlap in the label map: ``score`` (highest
       score; all scores are SAM's predicted IoU), ``stage1.1-first`` (Stage 1.1 masks over Stage 1.2,
       score within a stage), ``small-on-top`` (smaller masks over larger: objects stay visible on
       the regions around them).
     """
 
-    stage12_ratio: float = 1.0
+    stage12_ratio: float = 0.2
     seed: int = 0
     paint: str = "score"
 
@@ -167,6 +177,10 @@ class MergeConfig:
             (0.0 <= self.stage12_ratio <= 1.0, "stage12_ratio", "a fraction in [0, 1]"),
             (self.paint in PAINT_POLICIES, "paint", " or ".join(PAINT_POLICIES)),
         ])
+
+    def result_params(self) -> dict:
+        """Every field changes the artifacts (the run records them as ``settings.merge``)."""
+        return asdict(self)
 
 
 STAGES = ("1.1", "1.2")

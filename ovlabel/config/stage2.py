@@ -14,7 +14,9 @@ class TrainAlignConfig:
     Models: ``dinov2`` (default: the ``models`` preset's, ``dinov2:dinov2_vitl14`` as in §4.1) is the
     frozen vision encoder; ``clip`` (default: the CLIP the run was labelled with) gives the frozen text
     features, with the run's templates. From the paper: SGD, cosine annealing, ``batch_size`` 5 images,
-    ``epochs`` 10, random subsampling of Stage 1.2 masks (its fraction was lost from the text: 0.2 here).
+    ``epochs`` 10. The training labels are the run's merged masks, painted with the run's ``paint`` policy:
+    FMbSeg's random subsampling of Stage 1.2 masks (§4.1) is the run's ``stage12_ratio``
+    (:class:`ovlabel.config.MergeConfig`; change it with ``classify-masks RUN --stage12-ratio``).
     Not in the paper, so chosen here: ``resolution`` (short side, px), ``temperature``, ``lr``,
     ``momentum``, ``weight_decay``, ``min_labelled`` (share of a patch that must be labelled).
     ``feature_cache``: a folder for fp16 encoder features, ``"none"`` to keep none, None = the ovlabel
@@ -33,7 +35,6 @@ class TrainAlignConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     temperature: float = 0.07
-    stage12_fraction: float = 0.2
     min_labelled: float = 0.5
     num_heads: int | None = None
     mlp_ratio: float = 4.0
@@ -55,7 +56,6 @@ class TrainAlignConfig:
             (0.0 <= self.momentum < 1.0, "momentum", "a number in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay", "a number >= 0"),
             (self.temperature > 0, "temperature", "a number > 0"),
-            (0.0 <= self.stage12_fraction <= 1.0, "stage12_fraction", "a fraction in [0, 1]"),
             (0.0 <= self.min_labelled <= 1.0, "min_labelled", "a fraction in [0, 1]"),
             (self.num_heads is None or self.num_heads >= 1, "num_heads", "an integer >= 1"),
             (self.mlp_ratio > 0, "mlp_ratio", "a number > 0"),

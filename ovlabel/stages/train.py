@@ -136,8 +136,8 @@ def train(run_dir: str | Path, out: str | Path, cfg: TrainAlignConfig, models: d
         encoder = load_model(specs["dinov2"], device, precision)
         clip = load_model(parse_model(clip_name, "clip"), device, precision)
     data = load_train_set(
-        run_dir, cfg.resolution, encoder.patch_size, cfg.max_aspect, cfg.stage12_fraction, cfg.seed,
-        cfg.min_labelled, cfg.images, progress=cfg.progress,
+        run_dir, cfg.resolution, encoder.patch_size, cfg.max_aspect, cfg.min_labelled, cfg.images,
+        progress=cfg.progress,
     )
     from ovlabel.text import class_text_features
 
