@@ -41,6 +41,7 @@ MinRegion = Annotated[Optional[int], _opt("--min-region-area", "Stage 1.2: fill 
 Classifier = Annotated[Optional[str], _opt("--classifier", f"Stage 1.2 mask classifier: {', '.join(CLASSIFIERS)}.", _C.classifier)]
 EnsembleLambda = Annotated[Optional[float], _opt("--ensemble-lambda", "Weight of the masked-crop classifier in the ensemble p^(1-l)*p_crop^l.", _C.ensemble_lambda)]
 CropTemplates = Annotated[Optional[str], _opt("--crop-templates", "Templates of the masked-crop classifier (fmbseg, vild, imagenet or a file).", _C.templates)]
+CropShape = Annotated[Optional[str], _opt("--crop-shape", "Masked crop to CLIP's square input: stretch (OVSeg's code) or pad (keep the aspect ratio).", _C.crop_shape)]
 TopK = Annotated[Optional[int], _opt("--top-k", "Class scores kept per Stage 1.2 mask.", _C.top_k)]
 Ratio = Annotated[Optional[float], _opt("--stage12-ratio", "Fraction of each image's Stage 1.2 masks kept (seeded sample).", _M.stage12_ratio)]
 Seed = Annotated[Optional[int], _opt("--seed", "Seed of the Stage 1.2 sample.", _M.seed)]
@@ -53,7 +54,7 @@ def _given(**kw) -> dict:
 
 def _stage12(points_per_side, points_per_batch, pred_iou_thresh, stability_thresh, stability_offset,
              box_nms_thresh, min_area, max_area, min_region_area, classifier, ensemble_lambda, crop_templates,
-             top_k, stage12_ratio, seed, paint) -> dict[str, dict]:
+             top_k, stage12_ratio, seed, paint, crop_shape=None) -> dict[str, dict]:
     """The Stage 1.2 options given on the command line, as field overrides per config."""
     return {
         "automask": _given(
@@ -61,7 +62,8 @@ def _stage12(points_per_side, points_per_batch, pred_iou_thresh, stability_thres
             stability_score_thresh=stability_thresh, stability_score_offset=stability_offset,
             box_nms_thresh=box_nms_thresh, min_area=min_area, max_area=max_area, min_region_area=min_region_area,
         ),
-        "classify": _given(classifier=classifier, ensemble_lambda=ensemble_lambda, templates=crop_templates, top_k=top_k),
+        "classify": _given(classifier=classifier, ensemble_lambda=ensemble_lambda, templates=crop_templates, top_k=top_k,
+                           crop_shape=crop_shape),
         "merge": _given(stage12_ratio=stage12_ratio, seed=seed, paint=paint),
     }
 
@@ -87,7 +89,8 @@ def pseudo_label(
     crop_size: Annotated[Optional[int], typer.Option(help="Sliding-window crop (px); default: CLIP's input size.")] = None,
     overlap: Annotated[float, typer.Option(help="Fraction of a crop shared with its neighbour.")] = _D.overlap,
     max_aspect: Annotated[float, typer.Option(help="Cap the over-sampled long side at resolution x this.")] = _D.max_aspect,
-    min_crops: Annotated[int, typer.Option(help="A class is present if it is the best match of at least this many crops.")] = _D.min_crops,
+    min_crops: Annotated[int, typer.Option(help="A class is present if it is the best match of at least this many crops (FMbSeg: more than 1).")] = _D.min_crops,
+    min_valid: Annotated[float, typer.Option(help="A crop votes only if at least this fraction of it is image, not padding.")] = _D.min_valid,
     points: Annotated[int, typer.Option(help="SAM point prompts per present class (the most similar patches).")] = _D.points_per_class,
     multimask: Annotated[bool, typer.Option("--multimask/--single-mask", help="Let SAM propose 3 masks per class and keep the most confident.")] = _D.multimask,
     clip_batch_size: Annotated[int, typer.Option(help="CLIP crops per forward pass.")] = _D.clip_batch_size,
@@ -101,18 +104,19 @@ def pseudo_label(
     min_area: MinArea = None, max_area: MaxArea = None, min_region_area: MinRegion = None,
     classifier: Classifier = None, ensemble_lambda: EnsembleLambda = None, crop_templates: CropTemplates = None,
     top_k: TopK = None, stage12_ratio: Ratio = None, seed: Seed = None, paint: Paint = None,
+    crop_shape: CropShape = None,
 ):
     """Label IMAGES with FMbSeg's Stage 1: CLIP crop detection and SAM queried with CLIP points (1.1), and
     SAM's automatic masks classified by CLIP (1.2), sharing one SAM image embedding per image."""
     over = _stage12(points_per_side, points_per_batch, pred_iou_thresh, stability_thresh, stability_offset,
                     box_nms_thresh, min_area, max_area, min_region_area, classifier, ensemble_lambda,
-                    crop_templates, top_k, stage12_ratio, seed, paint)
+                    crop_templates, top_k, stage12_ratio, seed, paint, crop_shape)
     cfg = _guard(lambda: PseudoLabelConfig(
         vocab=vocab, templates=templates, models=models, clip=clip, sam=sam, device=device, precision=precision,
         stages=stages,
         detect=DetectConfig(
             resolution=resolution, crop_size=crop_size, overlap=overlap, max_aspect=max_aspect,
-            min_crops=min_crops, points_per_class=points, multimask=multimask,
+            min_crops=min_crops, min_valid=min_valid, points_per_class=points, multimask=multimask,
             clip_batch_size=clip_batch_size, sam_batch_size=sam_batch_size,
         ),
         automask=AutoMaskConfig(**over["automask"]), classify=ClassifyConfig(**over["classify"]),
@@ -140,13 +144,14 @@ def classify_masks_cmd(
     min_area: MinArea = None, max_area: MaxArea = None, min_region_area: MinRegion = None,
     classifier: Classifier = None, ensemble_lambda: EnsembleLambda = None, crop_templates: CropTemplates = None,
     top_k: TopK = None, stage12_ratio: Ratio = None, seed: Seed = None, paint: Paint = None,
+    crop_shape: CropShape = None,
 ):
     """Add Stage 1.2 (SAM automatic masks classified by CLIP) to an existing run, reusing its Stage 1.1
     masks, and rewrite its masks.parquet, coco.json and label maps atomically. Also re-merges a run's
     stages after a change of --stage12-ratio, --seed or --paint without recomputing anything."""
     over = _stage12(points_per_side, points_per_batch, pred_iou_thresh, stability_thresh, stability_offset,
                     box_nms_thresh, min_area, max_area, min_region_area, classifier, ensemble_lambda,
-                    crop_templates, top_k, stage12_ratio, seed, paint)
+                    crop_templates, top_k, stage12_ratio, seed, paint, crop_shape)
     _heavy_setup()
     from ovlabel.classify_masks import classify_masks
 

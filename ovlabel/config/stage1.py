@@ -109,6 +109,7 @@ class AutoMaskConfig:
 
 
 CLASSIFIERS = ("fmbseg", "ovseg", "ensemble")
+CROP_SHAPES = ("stretch", "pad")
 
 
 @dataclass(frozen=True)
@@ -121,18 +122,24 @@ class ClassifyConfig:
     - ``ensemble_lambda``: λ, the weight of the masked-crop (OVSeg) probabilities. OVSeg A.5 uses 0.7
       for ADE20K and 0.6 for Pascal VOC/Context.
     - ``templates``: prompt templates of the masked-crop classifier (OVSeg A.2: the 14 ViLD templates).
+    - ``crop_shape``: how a masked crop's tight box becomes CLIP's square input: ``stretch`` (resized to
+      it, aspect not kept: seed 002 §3.1 "re-size to CLIP's resolution", facebookresearch/ov-seg
+      ``open_vocab_seg/modeling/clip_adapter/adapter.py``: ``F.interpolate(r, size=(224, 224))``) or ``pad``
+      (centred on a square of the fill colour first, so the object keeps its aspect ratio: ovlabel's option).
     - ``top_k``: class scores kept per mask.
     """
 
     classifier: str = "fmbseg"
     ensemble_lambda: float = 0.7
     templates: str = "vild"
+    crop_shape: str = "stretch"
     top_k: int = 3
 
     def __post_init__(self):
         _check(self, [
             (self.classifier in CLASSIFIERS, "classifier", " or ".join(CLASSIFIERS)),
             (0.0 <= self.ensemble_lambda <= 1.0, "ensemble_lambda", "a number in [0, 1]"),
+            (self.crop_shape in CROP_SHAPES, "crop_shape", " or ".join(CROP_SHAPES)),
             (self.top_k >= 1, "top_k", "an integer >= 1"),
         ])
 
@@ -145,7 +152,7 @@ class ClassifyConfig:
         if self.classifier != "ensemble":
             del d["ensemble_lambda"]
         if not self.needs_crops:
-            del d["templates"]
+            del d["templates"], d["crop_shape"]
         return d
 
 

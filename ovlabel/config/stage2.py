@@ -19,6 +19,9 @@ class TrainAlignConfig:
     (:class:`ovlabel.config.MergeConfig`; change it with ``classify-masks RUN --stage12-ratio``).
     Not in the paper, so chosen here: ``resolution`` (short side, px), ``temperature``, ``lr``,
     ``momentum``, ``weight_decay``, ``min_labelled`` (share of a patch that must be labelled).
+    ``loss_norm``: how Eq. 1 averages its two terms (:mod:`ovlabel.loss`): ``batch`` (over the classes in the
+    batch and the patches with a positive) or ``literal`` (1/K over all text features, 1/(B·N) over all
+    patches); the default is the one that trained better on the synthetic scenes (docs/stage2.md).
     ``feature_cache``: a folder for fp16 encoder features, ``"none"`` to keep none, None = the ovlabel
     cache. ``resume`` continues the checkpoint in ``out`` from its last finished epoch.
     """
@@ -35,6 +38,7 @@ class TrainAlignConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     temperature: float = 0.07
+    loss_norm: str = "batch"
     min_labelled: float = 0.5
     num_heads: int | None = None
     mlp_ratio: float = 4.0
@@ -56,6 +60,7 @@ class TrainAlignConfig:
             (0.0 <= self.momentum < 1.0, "momentum", "a number in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay", "a number >= 0"),
             (self.temperature > 0, "temperature", "a number > 0"),
+            (self.loss_norm in ("batch", "literal"), "loss_norm", "'batch' or 'literal'"),
             (0.0 <= self.min_labelled <= 1.0, "min_labelled", "a fraction in [0, 1]"),
             (self.num_heads is None or self.num_heads >= 1, "num_heads", "an integer >= 1"),
             (self.mlp_ratio > 0, "mlp_ratio", "a number > 0"),
@@ -74,16 +79,36 @@ class TrainAlignConfig:
 class SegmentConfig:
     """``segment``: label new images with a trained alignment checkpoint and any class names.
 
-    ``classes``: a preset, class file or comma list. ``templates``/``resolution``: None = the
-    checkpoint's. ``dinov2``/``clip``: None = the encoders the checkpoint was trained with (override only
-    to point at the same weights in another place). ``refine``: dense-CRF refinement of the upsampled
-    class probabilities. ``overwrite``/``overlays``/``progress``/``image_batch`` as in pseudo-label.
+    ``classes``: a preset, class file or comma list. ``templates``: None = the checkpoint's. ``dinov2``/``clip``:
+    None = the encoders the checkpoint was trained with (override only to point at the same weights in
+    another place). ``refine``: dense-CRF refinement of the upsampled class probabilities.
+    ``overwrite``/``overlays``/``progress``/``image_batch`` as in pseudo-label.
+
+    Inference (:mod:`ovlabel.stages.segment_infer`); None = the ``protocol`` preset's value, else the default:
+
+    - ``protocol``: an evaluation preset of :mod:`ovlabel.protocols` (e.g. ``fmbseg-voc21``, ``sclip-voc21``).
+    - ``resolution``: short side (px) images are resized to (default: the checkpoint's training resolution).
+    - ``window``, ``stride``: sliding window and stride (px) on the resized image (default: FMbSeg's
+      protocol, TCL's 448 / 224, seed 003 §4.1); ``window`` 0 = the whole image at once.
+    - ``background_prompts``: classes prompted in place of a class named ``background`` and predicting it
+      (default: FMbSeg's, the 91 COCO-Stuff stuff classes, when the class list has a ``background`` class;
+      ``none`` = prompt the background class by its own name).
+    - ``bg_threshold``: a pixel whose top probability is below this is background (default 0 = off);
+      ``logit_scale``: the scale of that softmax (default: 1 / the checkpoint's temperature);
+      ``area_threshold``: SCLIP's VOC rule, classes below this share of the foreground are dropped (0 = off).
     """
 
     classes: str = ""
     checkpoint: str | None = None
     templates: str | None = None
     resolution: int | None = None
+    protocol: str | None = None
+    window: int | None = None
+    stride: int | None = None
+    background_prompts: str | None = None
+    bg_threshold: float | None = None
+    logit_scale: float | None = None
+    area_threshold: float | None = None
     dinov2: str | None = None
     clip: str | None = None
     refine: bool = False
@@ -97,5 +122,23 @@ class SegmentConfig:
     def __post_init__(self):
         _check(self, [
             (self.resolution is None or self.resolution >= 14, "resolution", "an integer >= 14 (px)"),
+            (self.window is None or self.window == 0 or self.window >= 14, "window", "0 (whole image) or >= 14 (px)"),
+            (self.stride is None or self.stride >= 1, "stride", "an integer >= 1 (px)"),
+            (self.bg_threshold is None or 0.0 <= self.bg_threshold <= 1.0, "bg_threshold", "a probability in [0, 1]"),
+            (self.logit_scale is None or self.logit_scale > 0, "logit_scale", "a number > 0"),
+            (self.area_threshold is None or 0.0 <= self.area_threshold <= 1.0, "area_threshold", "a fraction in [0, 1]"),
             (self.image_batch >= 1, "image_batch", "an integer >= 1"),
         ])
+        if self.protocol is not None:
+            from ovlabel.protocols import get_protocol
+
+            get_protocol(self.protocol)  # an unknown name fails now, listing the known ones
+
+    def result_params(self) -> dict:
+        """The options that change the labels as given (``segment`` records them resolved against the
+        protocol and the checkpoint: :func:`ovlabel.stages.segment_infer.resolve`)."""
+        d = asdict(self)
+        for k in ("checkpoint", "dinov2", "clip", "device", "precision", "image_batch", "overwrite", "overlays",
+                  "progress"):
+            del d[k]
+        return d

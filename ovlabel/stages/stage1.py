@@ -109,7 +109,8 @@ class Stage1:
             p = classify.class_probabilities(feats, self.text[torch.as_tensor(present)], self.scale)
         if not cfg.needs_crops:
             return _finish(masks, p, present, cfg.top_k)
-        crops = classify.masked_crops(image, auto.masks, masks.boxes, self.clip.input_size, self.clip.fill_color)
+        crops = classify.masked_crops(image, auto.masks, masks.boxes, self.clip.input_size, self.clip.fill_color,
+                                      cfg.crop_shape)
         return _Pending(i, masks, p, present, crops)
 
     def _classify_crops(self, pending: list[_Pending], results: list[Stage1Result]) -> None:
