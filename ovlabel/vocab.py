@@ -22,6 +22,8 @@ PRESET_VOCABULARIES = {
     "coco-object": "COCO 80 object classes",
     "voc": "PASCAL VOC, 20 classes without background",
     "voc-bg": "PASCAL VOC, background + 20 classes (21)",
+    "coco-stuff-stuff": "the 91 stuff classes of COCO-Stuff (FMbSeg's stand-ins for PV-21's background)",
+    "voc-background-stuff": "SCLIP's 26 stuff words prompted for VOC's background (configs/cls_voc21.txt)",
     "pascal-context": "PASCAL-Context, 59 classes",
     "pascal-context-60": "PASCAL-Context, background + 59 classes (60)",
     "ade20k": "ADE20K SceneParsing, 150 classes",

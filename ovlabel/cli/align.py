@@ -62,7 +62,14 @@ def segment(
     checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint folder written by train-align.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to write (default: ovlabel-runs/<input name>-segment).")] = None,
     templates: Annotated[Optional[str], typer.Option(help="Prompt templates (default: the checkpoint's).")] = None,
-    resolution: Annotated[Optional[int], typer.Option(help="Short side (px) for the encoder (default: the checkpoint's).")] = None,
+    resolution: Annotated[Optional[int], typer.Option(help="Short side (px) images are resized to (default: the protocol's, else the checkpoint's).")] = None,
+    protocol: Annotated[Optional[str], typer.Option(help="Evaluation preset for inference: short side, sliding window, background rule (e.g. fmbseg-voc21, sclip-voc21; see `ovlabel protocols`).")] = None,
+    window: Annotated[Optional[int], typer.Option(help="Sliding window (px) on the resized image; 0 = whole image [default: the protocol's, else 448 as FMbSeg/TCL].", show_default=False)] = None,
+    stride: Annotated[Optional[int], typer.Option(help="Sliding-window stride (px) [default: the protocol's, else 224].", show_default=False)] = None,
+    background_prompts: Annotated[Optional[str], typer.Option(help="Classes prompted for a class named 'background' (preset, file or list; 'none' = prompt 'background') [default: the protocol's, else coco-stuff-stuff as FMbSeg PV-21].", show_default=False)] = None,
+    bg_threshold: Annotated[Optional[float], typer.Option(help="Pixels whose top class probability is below this are background [default: the protocol's, else off].", show_default=False)] = None,
+    logit_scale: Annotated[Optional[float], typer.Option(help="Scale of the similarity softmax for --bg-threshold [default: the protocol's, else 1/temperature].", show_default=False)] = None,
+    area_threshold: Annotated[Optional[float], typer.Option(help="Drop classes covering less than this share of the foreground (SCLIP VOC) [default: the protocol's, else off].", show_default=False)] = None,
     refine: Annotated[bool, typer.Option("--refine", help="Refine the upsampled class probabilities with a dense CRF.")] = False,
     dinov2: Annotated[Optional[str], typer.Option(help="Vision encoder (default: the checkpoint's; override only to relocate its weights).")] = None,
     clip: Annotated[Optional[str], typer.Option(help="Text encoder (default: the checkpoint's).")] = None,
@@ -76,6 +83,8 @@ def segment(
     """Segment IMAGES into any CLASSES with a trained alignment checkpoint (writes a run directory)."""
     cfg = _guard(lambda: SegmentConfig(
         classes=classes, checkpoint=str(checkpoint) if checkpoint else None, templates=templates, resolution=resolution,
+        protocol=protocol, window=window, stride=stride, background_prompts=background_prompts,
+        bg_threshold=bg_threshold, logit_scale=logit_scale, area_threshold=area_threshold,
         dinov2=dinov2, clip=clip, refine=refine, device=device, precision=precision, image_batch=image_batch,
         overwrite=overwrite, overlays=overlays, progress=progress,
     ))
