@@ -21,7 +21,8 @@ class TrainAlignConfig:
     ``momentum``, ``weight_decay``, ``min_labelled`` (share of a patch that must be labelled).
     ``loss_norm``: how Eq. 1 averages its two terms (:mod:`ovlabel.loss`): ``batch`` (over the classes in the
     batch and the patches with a positive) or ``literal`` (1/K over all text features, 1/(B·N) over all
-    patches); the default is the one that trained better on the synthetic scenes (docs/stage2.md).
+    patches); default ``batch``, which trained better on the synthetic scenes (docs/stage2.md, measured by
+    ``benchmarks/loss_norm.py``).
     ``feature_cache``: a folder for fp16 encoder features, ``"none"`` to keep none, None = the ovlabel
     cache. ``resume`` continues the checkpoint in ``out`` from its last finished epoch.
     """
