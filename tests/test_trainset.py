@@ -52,7 +52,8 @@ def _overlap_run(tmp_path, paint):
     Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(img)
     big, small = np.ones((1, 28, 28), bool), np.zeros((1, 28, 28), bool)
     small[0, :14, :14] = True
-    ms = MaskSet.concat([MaskSet.from_dense(big, [0], [0.9], "stage1.2"), MaskSet.from_dense(small, [1], [0.5], "stage1.1")])
+    ms = MaskSet.concat([MaskSet.from_dense(big, [0], [0.9], "stage1.2"),
+                         MaskSet.from_dense(small, [1], [0.5], "stage1.1")])
     layout = RunLayout(tmp_path / f"run-{paint}")
     rows = [{"image_id": 1, "file": "a.png", "sha256": hashlib.sha256(img.read_bytes()).hexdigest(), "width": 28,
              "height": 28, "status": "ok", "reason": None, "label_file": "labels/a.png", "num_masks": 2}]

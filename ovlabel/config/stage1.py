@@ -164,8 +164,8 @@ class MergeConfig:
     """How Stage 1.1 and 1.2 masks become one set of annotations and one label map per image.
 
     - ``stage12_ratio``: fraction of each image's Stage 1.2 masks kept. FMbSeg §4.1: "in order to balance
-      the pseudo annotations of these complementary methods, we randomly sample [X] of annotations from
-      stage 1.2"; X did not survive in the text, so 0.2 is ovlabel's choice (docs/stage1.2.md). The one
+      the pseudo annotations of these complementary methods, we randomly sample [ ] of annotations from
+      stage 1.2"; the fraction did not survive in the text, so 0.2 is ovlabel's choice (docs/stage1.2.md). The one
       balancing rule of ovlabel: the run's artifacts (labels, masks, COCO) hold the sample and
       ``train-align`` trains on exactly them. Sampled without replacement, seeded by ``seed`` and the
       image's content hash: same inputs, same masks.

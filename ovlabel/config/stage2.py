@@ -127,7 +127,8 @@ class SegmentConfig:
             (self.stride is None or self.stride >= 1, "stride", "an integer >= 1 (px)"),
             (self.bg_threshold is None or 0.0 <= self.bg_threshold <= 1.0, "bg_threshold", "a probability in [0, 1]"),
             (self.logit_scale is None or self.logit_scale > 0, "logit_scale", "a number > 0"),
-            (self.area_threshold is None or 0.0 <= self.area_threshold <= 1.0, "area_threshold", "a fraction in [0, 1]"),
+            (self.area_threshold is None or 0.0 <= self.area_threshold <= 1.0, "area_threshold",
+             "a fraction in [0, 1]"),
             (self.image_batch >= 1, "image_batch", "an integer >= 1"),
         ])
         if self.protocol is not None:

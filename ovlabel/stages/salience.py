@@ -8,7 +8,7 @@ Per image, with K classes in one prompt (§3):
    ``drop_patches`` highest patches among those remaining are zeroed in BLIP's input and GradCAM is
    recomputed on the remaining image; a dropped patch gets zero salience in every later iteration. The first
    iteration sees every patch; the output per class is the sum of its maps over the ``rounds`` iterations.
-   Default 4 passes, the full image plus 3 drops: Tab. 5's "+Drop 1, +Drop 2, +Drop 3" and the released
+   Default 4 passes, the full image plus 3 drops: Tab. 5's "+ Drop 1", "+ Drop 2", "+ Drop 3" and the released
    code's ``--drop_iter 4`` (letitiabanana/PnP-OVSS ``Run_seg.sh``, README).
 3. Threshold (§3.3) as the released code does it (``PnP_OVSS_0514_updated_segmentation.py``): each class map
    is min-max normalised to [0, 1] at patch resolution only to decide where it reaches ``threshold``; the
@@ -150,7 +150,8 @@ def postprocess(image: np.ndarray, maps: np.ndarray, classes, cfg: SalienceConfi
     if cfg.unary == "indicator" or not len(classes):
         probs, labels = unaries_from_labels(hard, cfg.crf)
     else:
-        probs, labels = unaries_from_salience(upsample(thresholded_maps(maps, cfg.threshold), h, w), classes, cfg.crf)
+        kept = upsample(thresholded_maps(maps, cfg.threshold), h, w)
+        probs, labels = unaries_from_salience(kept, classes, cfg.crf)
     if not len(labels):
         return hard, np.ones((h, w), np.float32), probs, labels
     q = probs

@@ -8,8 +8,8 @@ original image dimension"), and each pixel takes its most similar class. By defa
 evaluation protocol (§4.1, TCL's): short side, sliding window, and a class named ``background`` predicted by
 the COCO-Stuff stuff classes; ``--protocol`` applies another preset (:mod:`ovlabel.stages.segment_infer`).
 With ``refine`` the class probabilities ``softmax(similarity / temperature)`` (the training temperature)
-are refined by a dense CRF first. The output is a run directory like pseudo-label's (one mask per predicted class per image, source
-``segment``), written and resumed by the same machinery (:mod:`ovlabel.pipeline`).
+are refined by a dense CRF first. The output is a run directory like pseudo-label's (one mask per predicted
+class per image, source ``segment``), written and resumed by the same machinery (:mod:`ovlabel.pipeline`).
 """
 
 from __future__ import annotations

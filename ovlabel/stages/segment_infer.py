@@ -9,7 +9,8 @@ highest class probability is below a threshold. :mod:`ovlabel.protocols` holds t
 into one :class:`SegmentInference`, and the functions below apply it:
 
 1. **Resize** (:func:`protocol_size`): mmseg ``Resize(scale=(2048, short_side), keep_ratio=True)``: the
-   scale is ``min(short_side / short, 2048 / long)``.
+   scale is ``min(short_side / short, 2048 / long)``; bilinear, as mmseg's default (PIL's, which smooths
+   when shrinking where OpenCV's does not).
 2. **Sliding window** (:func:`window_boxes`): mmseg's ``slide_inference`` grid (SCLIP ``clip_segmentor.py``
    ``forward_slide``): windows at multiples of the stride, the last one of a row/column moved back so it
    ends on the border, a window larger than the image shrunk to the image. Each window goes through the
@@ -23,8 +24,8 @@ into one :class:`SegmentInference`, and the functions below apply it:
 4. **Decision** (:func:`decide`, SCLIP ``postprocess_result``): upsampled to the original image, each pixel
    takes the query with the highest similarity and so its class. With a threshold, the probability is
    ``softmax(logit_scale * similarity)`` over all queries; a pixel whose best probability is below the
-   threshold is background. With an area threshold, non-background classes covering less than that share
-   of the image are dropped first (their pixels go to their next best query).
+   threshold is background. With an area threshold, a non-background class winning no more than that share
+   of the pixels won by non-background classes is dropped first (its pixels go to their next best query).
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def sliding_similarities(image: np.ndarray, inf: SegmentInference, similarities)
 
     h, w = protocol_size(*image.shape[:2], inf.resolution)
     if (h, w) != image.shape[:2]:
-        image = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC))
+        image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
     acc = count = None
     for y1, y2, x1, x2 in window_boxes(h, w, inf.window, inf.stride):
         sim = similarities(np.ascontiguousarray(image[y1:y2, x1:x2])).float()
@@ -184,8 +185,8 @@ def _argmax_up(sim: torch.Tensor, rows: torch.Tensor, height: int, width: int):
 
 
 def _log_partition(sim: torch.Tensor, best: torch.Tensor, scale: float, budget: int = 1 << 25) -> torch.Tensor:
-    """``log sum_q exp(scale * up_q)`` per pixel, for ``sim`` upsampled bilinearly (``align_corners=False``); ``best``
-    is the per-pixel maximum (for stability). float32 ``(H, W)``."""
+    """``log sum_q exp(scale * up_q)`` per pixel, for ``sim`` upsampled bilinearly (``align_corners=False``);
+    ``best`` is the per-pixel maximum (for stability). float32 ``(H, W)``."""
     height, width = best.shape
     chunk = max(1, budget // (height * width))
     total = torch.zeros_like(best)

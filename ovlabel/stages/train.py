@@ -181,7 +181,8 @@ def train(run_dir: str | Path, out: str | Path, cfg: TrainAlignConfig, models: d
         for s in range(steps_per_epoch):
             batch = [data.images[i] for i in order[s * cfg.batch_size : (s + 1) * cfg.batch_size]]
             feats, labels = _batch_features(batch, encoder, cache, bad, summary, cfg, device)
-            loss, parts = _step(module, opt, feats, labels, lut, text, cfg.temperature, device, precision, cfg.loss_norm)
+            loss, parts = _step(module, opt, feats, labels, lut, text, cfg.temperature, device, precision,
+                                cfg.loss_norm)
             if loss is not None:  # a batch without two labelled patches (unreadable images) is no step
                 sched.step()
                 sums += (loss, parts["patch_text"], parts["patch_patch"])
