@@ -31,6 +31,7 @@ def train_align(
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = _T.momentum,
     weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = _T.weight_decay,
     temperature: Annotated[float, typer.Option(help="Contrastive loss temperature.")] = _T.temperature,
+    loss_norm: Annotated[str, typer.Option(help="Eq. 1 averaging: batch (over the batch's classes and patches) or literal (1/K, 1/(B*N)).")] = _T.loss_norm,
     min_labelled: Annotated[float, typer.Option(help="A patch is trained on if labelled pixels cover at least this share of it.")] = _T.min_labelled,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and image order.")] = _T.seed,
     feature_cache: Annotated[Optional[str], typer.Option(help="Folder for cached fp16 encoder features ('none' to disable; default: the ovlabel cache).")] = None,
@@ -44,7 +45,7 @@ def train_align(
     cfg = _guard(lambda: TrainAlignConfig(
         models=models, dinov2=dinov2, clip=clip, images=str(images) if images else None, resolution=resolution,
         max_aspect=max_aspect, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-        weight_decay=weight_decay, temperature=temperature,
+        weight_decay=weight_decay, temperature=temperature, loss_norm=loss_norm,
         min_labelled=min_labelled, seed=seed, feature_cache=feature_cache, encoder_batch=encoder_batch,
         device=device, precision=precision, resume=resume, progress=progress,
     ))

@@ -20,6 +20,7 @@ def refine(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="New run directory to write (default: RUN_DIR-crf next to it).")] = None,
     images: Annotated[Optional[Path], typer.Option(help="Image root, if the images moved since the run.")] = None,
     blur_sigma: Annotated[float, typer.Option(help="Gaussian blur of hard masks before the CRF, as a fraction of the long side (PnP-OVSS §3.3); 0 = none.")] = _C.blur_sigma,
+    blur_side: Annotated[str, typer.Option(help="The image side --blur-sigma is a fraction of: long (PnP-OVSS's code) or short.")] = _C.blur_side,
     iterations: Annotated[int, typer.Option(help="Mean-field iterations.")] = _C.iterations,
     pos_w: Annotated[float, typer.Option(help="Smoothness kernel weight.")] = _C.pos_w,
     pos_xy_std: Annotated[float, typer.Option(help="Smoothness kernel spatial std (px).")] = _C.pos_xy_std,
@@ -36,7 +37,8 @@ def refine(
     """Dense-CRF refinement of RUN_DIR's label maps into a new run (CutLER's CRF parameters by default)."""
     cfg = _guard(lambda: RefineConfig(
         crf=CRFConfig(iterations=iterations, pos_w=pos_w, pos_xy_std=pos_xy_std, bi_w=bi_w, bi_xy_std=bi_xy_std,
-                      bi_rgb_std=bi_rgb_std, blur_sigma=blur_sigma, fill_unlabeled=fill_unlabeled, use_soft=soft),
+                      bi_rgb_std=bi_rgb_std, blur_sigma=blur_sigma, blur_side=blur_side, fill_unlabeled=fill_unlabeled,
+                      use_soft=soft),
         images=str(images) if images else None, workers=workers or default_workers(), overwrite=overwrite,
         overlays=overlays, progress=progress,
     ))
