@@ -25,8 +25,10 @@ SOFT_MIN_PROB = 0.01
 
 
 def sigma_pixels(cfg: CRFConfig, height: int, width: int) -> float:
-    """The blur std in pixels: ``cfg.blur_sigma`` is a fraction of the short side."""
-    return float(cfg.blur_sigma) * min(height, width)
+    """The blur std in pixels: ``cfg.blur_sigma`` times the long side (``cfg.blur_side == "long"``, as
+    PnP-OVSS's ``blurring``: ``scale * max(img_shape)``) or the short side."""
+    side = max(height, width) if cfg.blur_side == "long" else min(height, width)
+    return float(cfg.blur_sigma) * side
 
 
 def unaries_from_labels(label_map: np.ndarray, cfg: CRFConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +56,48 @@ def unaries_from_labels(label_map: np.ndarray, cfg: CRFConfig) -> tuple[np.ndarr
     if cfg.fill_unlabeled and len(labels):
         _normalise(probs)
     return probs, labels
+
+
+def unaries_from_salience(maps: np.ndarray, classes, cfg: CRFConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Unary probabilities from continuous salience maps, as PnP-OVSS's released code builds them
+    (letitiabanana/PnP-OVSS ``PnP_OVSS_0514_updated_segmentation.py``: ``postprocess``, ``blurring``,
+    ``densecrf``).
+
+    ``maps`` float ``(K, H, W)``: each class's thresholded salience (zero where its normalised salience is
+    below the threshold) upsampled to the image; ``classes`` their labels ``(K,)``. The channels are the K
+    maps plus, unless ``cfg.fill_unlabeled``, a background channel that is 1 where every map is 0 and 0
+    elsewhere (the code's ``background = (max == 0)``), labelled 255 (unlabeled). Each channel is blurred
+    with std :func:`sigma_pixels` and min-max normalised to [0, 1] (a constant channel becomes 0), and the
+    softmax over channels is the unary probability. Returns ``(probs float32 (L, H, W), labels int32 (L,))``.
+    """
+    maps = np.asarray(maps, np.float32)
+    labels = np.asarray(classes, np.int32)
+    channels = maps
+    if not cfg.fill_unlabeled:
+        bg = (maps.max(axis=0, initial=0.0) == 0).astype(np.float32)[None]
+        channels = np.concatenate([maps, bg])
+        labels = np.append(labels, np.int32(UNLABELED))
+    out = blurred_channels(channels, cfg)
+    out -= out.max(axis=0, keepdims=True)
+    np.exp(out, out=out)
+    out /= out.sum(axis=0, keepdims=True)
+    return out.astype(np.float32, copy=False), labels
+
+
+def blurred_channels(channels: np.ndarray, cfg: CRFConfig) -> np.ndarray:
+    """Each channel of float ``(L, H, W)`` blurred with std :func:`sigma_pixels` (scipy's default
+    ``reflect`` border, as the released code) and min-max normalised to [0, 1]; a constant channel becomes
+    0. PnP-OVSS's ``blurring``. float32 ``(L, H, W)``."""
+    from scipy.ndimage import gaussian_filter
+
+    channels = np.asarray(channels, np.float32)
+    sigma = sigma_pixels(cfg, *channels.shape[1:]) if len(channels) else 0.0
+    out = np.empty_like(channels)
+    for i, ch in enumerate(channels):
+        blurred = gaussian_filter(ch, sigma) if sigma > 0 else ch
+        lo, hi = float(blurred.min()), float(blurred.max())
+        out[i] = (blurred - lo) / (hi - lo) if hi > lo else 0.0
+    return out
 
 
 def unaries_from_soft(soft: np.ndarray, classes: np.ndarray, height: int, width: int, cfg: CRFConfig):

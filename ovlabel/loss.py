@@ -9,7 +9,14 @@ batch, labels ``y_i`` in ``0..K-1``, ``K`` text prototypes ``t_k`` (unit norm) a
     L_pt(k) = -1/N_k sum_{i: y_i = k} [ s_ik - log Z_i ]     for each class k present in the batch (Eq. 2-3)
     L_pp(i) = -1/|P(i)| sum_{p in P(i)} [ a_ip - log sum_{j != i} exp(a_ij) ]
               with P(i) = {p != i : y_p = y_i}, for each patch with at least one positive (Eq. 4, SupCon)
-    L = mean_k L_pt(k) + mean_i L_pp(i)                                                   (Eq. 1)
+    L = mean_k L_pt(k) + mean_i L_pp(i)                                   (Eq. 1, normalisation "batch")
+    L = 1/K sum_k L_pt(k) + 1/(B N) sum_i L_pp(i)                         (Eq. 1, normalisation "literal")
+
+"batch" averages over the classes that have a patch in the batch and over the patches with at least one
+positive; "literal" divides by all K text features and by all B x N patches of the batch (ignored ones
+included), the normalisers the prose names for Eq. 1 (seed 003 §3.3: "B is the batch size and N is the
+number of patches in an image; K is the number of text features"). Which one trains better on the
+synthetic learnability scenes is measured by ``benchmarks/loss_norm.py`` (docs/stage2.md).
 """
 
 from __future__ import annotations
@@ -17,14 +24,26 @@ from __future__ import annotations
 import torch
 
 
-def fmbseg_loss(patches: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, temperature: float) -> tuple[torch.Tensor, dict]:
+#: Accepted ``normalisation`` values of :func:`fmbseg_loss`.
+LOSS_NORMS = ("batch", "literal")
+
+
+def fmbseg_loss(
+    patches: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, temperature: float,
+    normalisation: str = "batch", total_patches: int | None = None,
+) -> tuple[torch.Tensor, dict]:
     """The loss above.
 
     ``patches``: float ``(M, D)`` L2-normalised patch features of every labelled patch of the batch;
     ``labels``: int64 ``(M,)`` in ``[0, K)``; ``text``: float ``(K, D)`` L2-normalised class prototypes;
-    ``temperature``: tau > 0. Returns ``(loss, parts)`` where ``loss`` is a scalar tensor (zero, with a
-    graph, when ``M < 1``) and ``parts`` holds the two terms as floats. Computed in float32.
+    ``temperature``: tau > 0; ``normalisation``: ``batch`` or ``literal`` (see the module doc);
+    ``total_patches``: B x N, every patch of the batch labelled or not (``literal`` only; default M).
+    Returns ``(loss, parts)`` where ``loss`` is a scalar tensor (zero, with a graph, when ``M < 1``) and
+    ``parts`` holds the two terms as floats. Computed in float32.
     """
+    if normalisation not in LOSS_NORMS:
+        raise ValueError(f"unknown loss normalisation {normalisation!r}: expected one of {LOSS_NORMS}")
+    literal = normalisation == "literal"
     z = patches.float()
     t = text.float()
     m = z.shape[0]
@@ -44,7 +63,8 @@ def fmbseg_loss(patches: torch.Tensor, labels: torch.Tensor, text: torch.Tensor,
     per_class_sum = torch.zeros(k, device=z.device).index_add(0, labels, logp_text)
     counts = torch.bincount(labels, minlength=k).to(z.dtype)
     present = counts > 0
-    l_pt = -(per_class_sum[present] / counts[present]).mean()
+    per_class = per_class_sum[present] / counts[present]
+    l_pt = -(per_class.sum() / k if literal else per_class.mean())
 
     # Patch-patch: SupCon over the other labelled patches of the batch.
     pos = (labels[:, None] == labels[None, :]) & ~eye  # (M, M)
@@ -53,7 +73,7 @@ def fmbseg_loss(patches: torch.Tensor, labels: torch.Tensor, text: torch.Tensor,
     if has_pos.any():
         logp_pp = (a - log_z_pp[:, None]).masked_fill(~pos, 0.0)  # only positives contribute
         l_pp_i = -logp_pp.sum(dim=1)[has_pos] / n_pos[has_pos].to(z.dtype)
-        l_pp = l_pp_i.mean()
+        l_pp = l_pp_i.sum() / max(int(total_patches or m), m) if literal else l_pp_i.mean()
     else:
         l_pp = z.sum() * 0.0
     loss = l_pt + l_pp

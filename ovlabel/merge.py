@@ -3,7 +3,8 @@
 FMbSeg (seed 003 §4.1): "Since Stage 1.2 generates many more masks per image compared to Stage 1.1, in
 order to balance the pseudo annotations of these complementary methods, we randomly sample [a fraction]
 of annotations from stage 1.2". The fraction did not survive in the text, so it is a parameter
-(``MergeConfig.stage12_ratio``, default 1.0 = keep all). The sample is drawn without replacement from a
+(``MergeConfig.stage12_ratio``, default 0.2, ovlabel's choice). This is ovlabel's only Stage 1.2 sampling:
+``train-align`` trains on the run's merged masks as they are. The sample is drawn without replacement from a
 generator seeded by ``MergeConfig.seed`` and the image's content hash, so it depends on nothing else
 (not on the order, the batch, or which other images are in the run) and a rerun gives the same masks.
 Kept masks keep their order; Stage 1.1 masks come first.

@@ -12,8 +12,19 @@ from ovlabel.config._fields import knob
 from ovlabel.config.run import ModelRunConfig
 from ovlabel.errors import OvlabelError
 
-#: PnP-OVSS's blur: std 0.05 of the short side (seed 004 Tab. 2, "Gaussian Blur, Standard Deviation").
+#: PnP-OVSS's blur: std 0.05 (seed 004 Tab. 2, "Gaussian Blur, Standard Deviation") of the long side (the
+#: released code's ``blurring``: ``scale * max(img_shape)``, letitiabanana/PnP-OVSS).
 SALIENCE_BLUR_SIGMA = 0.05
+#: Salience DropOut passes: the full image plus 3 drops (Tab. 5 "+Drop 3"; the released ``--drop_iter 4``).
+SALIENCE_ROUNDS = 4
+#: How salience maps become CRF unaries: ``softmax`` (the released code), ``indicator`` (blurred hard masks).
+UNARIES = ("softmax", "indicator")
+#: The reward's CLIP per ``--models`` preset (seed 004 §4.1: "CLIP VIT-L/14 ... The input resolution is 336";
+#: the released search loads LAVIS ``clip_feature_extractor`` ``ViT-L-14-336``). Other presets use their own CLIP.
+REWARD_CLIP = {"default": "clip:ViT-L-14-336/openai"}
+#: How the reward's probability is normalised: over the ``image``'s own classes (the released search,
+#: ``get_clipsim_for_pnmask`` with the image's ground-truth class names) or over the whole ``vocabulary``.
+REWARD_NORMS = ("image", "vocabulary")
 
 #: Random-search space of seed 004 Tab. 2 for BLIP (start, end, step; end inclusive where the step lands).
 SEARCH_LAYERS = tuple(range(1, 13))
@@ -45,20 +56,30 @@ class SalienceConfig:
       this, else it is unlabeled (seed 004 §3.3; Tab. 2: 0.15).
     - ``resolution``: BLIP's square input side (px, a multiple of 16). Seed 004 Tab. 3 reports BLIP at
       224 and 336 (336 best); §9 interpolates positional embeddings up to 768.
-    - ``rounds``: Salience DropOut iterations whose maps are summed (§3.2: three; the first sees the whole
-      image); ``drop_patches``: patches removed after each iteration (§3.2: 10).
+    - ``rounds``: Salience DropOut passes whose maps are summed, the first on the whole image (default 4:
+      the full image plus 3 drops, Tab. 5 and the released ``--drop_iter 4``); ``drop_patches``: patches
+      removed after each pass (§3.2: 10).
     - ``use_crf``: dense CRF after the blur (§3.3, Tab. 5); ``crf``: its parameters, with ``crf.blur_sigma``
-      the Gaussian std as a fraction of the short side (Tab. 2: 0.05).
+      the Gaussian std as a fraction of the long side (Tab. 2: 0.05; ``crf.blur_side``).
+    - ``unary``: ``softmax`` (the released code: blurred, min-max-normalised thresholded salience, softmax
+      over classes and background) or ``indicator`` (the blurred hard 0/1 masks as probabilities).
+    - ``itm_token``: ``enc`` (BLIP's ``[ENC]`` token at position 0 for image-text matching, as original BLIP
+      and PnP-OVSS's code) or ``cls`` (Hugging Face's ``[CLS]``).
     """
 
     layer: int = knob(8, help="Cross-attention layer, 1-based (PnP-OVSS Tab. 2).")
     head: int | None = knob(10, help="Attention head, 1-based, or 'mean' (Tab. 2).", parse=parse_head)
     threshold: float = knob(0.15, help="Threshold on min-max-normalised salience (Tab. 2).")
     resolution: int = knob(336, help="BLIP's square input side (px, multiple of 16; PnP-OVSS Tab. 3: 336).")
-    rounds: int = knob(3, help="Salience DropOut iterations summed (PnP-OVSS §3.2: 3).")
+    rounds: int = knob(SALIENCE_ROUNDS, help="Salience DropOut passes summed, the first on the whole image (PnP-OVSS "
+                       "Tab. 5 and its code: 4, the image + 3 drops).")
     drop_patches: int = knob(10, help="Patches dropped after each iteration (§3.2: 10).")
     use_crf: bool = knob(True, help="Dense CRF after the blur (CutLER's parameters).", flag="--crf/--no-crf")
     crf: CRFConfig = field(default_factory=lambda: CRFConfig(blur_sigma=SALIENCE_BLUR_SIGMA))
+    unary: str = knob("softmax", help="CRF unaries: softmax (PnP-OVSS's code: blurred, normalised salience) or "
+                      "indicator (blurred hard masks).")
+    itm_token: str = knob("enc", help="Token at position 0 of BLIP's ITM prompt: enc (original BLIP, PnP-OVSS's code) "
+                          "or cls (Hugging Face).")
 
     def __post_init__(self):
         _check(self, [
@@ -68,6 +89,8 @@ class SalienceConfig:
             (self.resolution >= 16 and self.resolution % 16 == 0, "resolution", "a multiple of 16 (px)"),
             (self.rounds >= 1, "rounds", "an integer >= 1"),
             (self.drop_patches >= 0, "drop_patches", "an integer >= 0"),
+            (self.unary in UNARIES, "unary", " or ".join(UNARIES)),
+            (self.itm_token in ("enc", "cls"), "itm_token", "'enc' or 'cls'"),
         ])
 
     def to_json(self) -> dict:
@@ -87,9 +110,9 @@ class SalienceRunConfig(ModelRunConfig):
 
     vocab: str | None = knob(None, help="Classes for every image: preset, file or comma list.",
                              shown="with a run: the classes its Stage 1.1 detected per image")
-    models: str = knob("default", help="Model preset: 'default' (blip:itm-large-coco) or 'tiny' (random, for "
+    models: str = knob("default", help="Model preset: 'default' (blip:itm-large-flickr) or 'tiny' (random, for "
                        "tests/offline demos).")
-    blip: str | None = knob(None, help="BLIP model: blip:itm-large-coco|itm-base-coco|itm-large-flickr|"
+    blip: str | None = knob(None, help="BLIP model: blip:itm-large-flickr|itm-large-coco|itm-base-coco|"
                             "itm-base-flickr[/FOLDER] (see `ovlabel models`).", shown="the preset's")
     salience: SalienceConfig = field(default_factory=SalienceConfig)
     images: str | None = knob(None, help="Image root of an input run, if the images moved.", shown="the run's")
@@ -112,20 +135,30 @@ class TuneConfig:
     - ``sigma_trials``: blur stds then tried with the best three fixed, on the blurred Salience DropOut
       masks before the CRF (§4.1);
     - ``max_images``: images scored (a seeded sample when there are more);
-    - ``clip``, ``templates``: the reward's CLIP model (§4.1: ViT-L/14 at 336 px) and prompt templates.
+    - ``clip``, ``templates``: the reward's CLIP model (None: :data:`REWARD_CLIP` for the ``models`` preset,
+      ViT-L/14 at 336 px as §4.1; else the preset's CLIP) and prompt templates (``raw``: the class name
+      alone, as the released search feeds LAVIS's CLIP);
+    - ``reward_norm``: the reward's probability is a softmax over the ``image``'s own classes (the released
+      search) or over the whole ``vocabulary``;
+    - ``rounds``, ``drop_patches``, ``itm_token``: as :class:`SalienceConfig`.
     """
 
     vocab: str | None = knob(None, help="Classes for every image: preset, file or comma list.",
                              shown="with a run: the classes its Stage 1.1 detected per image")
-    models: str = knob("default", help="Model preset: 'default' (blip:itm-large-coco) or 'tiny'.")
+    models: str = knob("default", help="Model preset: 'default' (blip:itm-large-flickr) or 'tiny'.")
     blip: str | None = knob(None, help="BLIP model (see `ovlabel models`).", shown="the preset's")
-    clip: str | None = knob(None, help="CLIP model of the reward.", shown="the preset's, clip:ViT-L-14/openai")
-    templates: str = knob("fmbseg", help="Prompt templates of the reward's CLIP text features.")
+    clip: str | None = knob(None, help="CLIP model of the reward.",
+                            shown="clip:ViT-L-14-336/openai as PnP-OVSS §4.1; with --models tiny, clip:tiny")
+    templates: str = knob("raw", help="Prompt templates of the reward's CLIP text features.")
     device: str = knob("auto", help="auto, cpu, cuda or cuda:N.")
     precision: str = knob("auto", help="auto (bf16/fp16 autocast on GPU, fp32 on CPU), fp32, fp16, bf16.")
     resolution: int = knob(336, help="BLIP's square input side (px, multiple of 16; PnP-OVSS Tab. 3: 336).")
-    rounds: int = knob(3, help="Salience DropOut iterations summed (PnP-OVSS §3.2: 3).")
+    rounds: int = knob(SALIENCE_ROUNDS, help="Salience DropOut passes summed, the first on the whole image.")
     drop_patches: int = knob(10, help="Patches dropped after each iteration (§3.2: 10).")
+    itm_token: str = knob("enc", help="Token at position 0 of BLIP's ITM prompt: enc (original BLIP, PnP-OVSS's code) "
+                          "or cls (Hugging Face).")
+    reward_norm: str = knob("image", help="Normalise the reward's CLIP probability over the image's own classes "
+                            "(image, PnP-OVSS's code) or the vocabulary.")
     images: str | None = knob(None, help="Image root of an input run, if the images moved.", shown="the run's")
     trials: int = knob(100, help="(layer, head, threshold) combinations tried (random, without replacement).")
     sigma_trials: int = knob(len(SEARCH_SIGMAS), help="Blur stds tried afterwards, of 0.01..0.11 (0 = keep the "
@@ -141,4 +174,6 @@ class TuneConfig:
             (self.max_images >= 1, "max_images", "an integer >= 1"),
             (self.resolution >= 16 and self.resolution % 16 == 0, "resolution", "a multiple of 16 (px)"),
             (self.rounds >= 1, "rounds", "an integer >= 1"),
+            (self.itm_token in ("enc", "cls"), "itm_token", "'enc' or 'cls'"),
+            (self.reward_norm in REWARD_NORMS, "reward_norm", " or ".join(REWARD_NORMS)),
         ])

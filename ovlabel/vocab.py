@@ -4,7 +4,7 @@
 comma list. ``--templates`` accepts a named template set or a text file (one template per line, each
 with one ``{}``). The default template set is FMbSeg's single "a photo of a {}." (seed 003 §4.1,
 "Metrics"); ``vild`` is the 14-template ensemble OVSeg uses (seed 002 appendix A.2); ``imagenet`` is the
-80 CLIP ImageNet templates.
+80 CLIP ImageNet templates; ``raw`` is the bare class name (``tune``'s reward, as PnP-OVSS's released search).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ PRESET_VOCABULARIES = {
     "coco-object": "COCO 80 object classes",
     "voc": "PASCAL VOC, 20 classes without background",
     "voc-bg": "PASCAL VOC, background + 20 classes (21)",
+    "coco-stuff-stuff": "the 91 stuff classes of COCO-Stuff (FMbSeg's stand-ins for PV-21's background)",
+    "voc-background-stuff": "SCLIP's 26 stuff words prompted for VOC's background (configs/cls_voc21.txt)",
     "pascal-context": "PASCAL-Context, 59 classes",
     "pascal-context-60": "PASCAL-Context, background + 59 classes (60)",
     "ade20k": "ADE20K SceneParsing, 150 classes",
@@ -33,6 +35,7 @@ TEMPLATE_SETS = {
     "fmbseg": "FMbSeg's single template 'a photo of a {}.' (seed 003 §4.1)",
     "vild": "the 14 ViLD templates used by OVSeg (seed 002 appendix A.2)",
     "imagenet": "the 80 CLIP ImageNet templates (Radford et al. 2021)",
+    "raw": "the class name alone, '{}' (PnP-OVSS's released reward search feeds CLIP the bare class names)",
 }
 
 #: Label maps store class indices in uint8 with 255 meaning unlabeled.

@@ -14,6 +14,7 @@ from ovlabel.errors import OvlabelError
 from ovlabel.stages.detect import (
     QuerySamWithClip,
     assemble_feature_map,
+    crop_voters,
     plan_crops,
     select_points,
     vote_classes,
@@ -55,7 +56,8 @@ def test_crop_size_must_be_a_multiple_of_the_patch():
         plan_crops(100, 100, DetectConfig(crop_size=36), input_size=32, patch=8)
 
 
-@pytest.mark.parametrize("field,value", [("overlap", 1.0), ("min_crops", 0), ("resolution", 3), ("points_per_class", 0)])
+@pytest.mark.parametrize("field,value", [("overlap", 1.0), ("min_crops", 0), ("resolution", 3), ("points_per_class", 0),
+                                         ("min_valid", 1.5)])
 def test_bad_detect_config_names_the_value(field, value):
     with pytest.raises(OvlabelError, match=f"{field}={value}"):
         DetectConfig(**{field: value})
@@ -71,6 +73,42 @@ def test_vote_counts_best_matches_and_applies_min_crops():
     assert present.tolist() == [0, 1, 2]
     votes, present = vote_classes(cls, text, min_crops=2)
     assert present.tolist() == [0]
+
+
+def test_presence_needs_more_than_one_crop_by_default():
+    # seed 003 §3.2: present if "assigned to more than a predefined number of crops (set to 1)"
+    assert DetectConfig().min_crops == 2
+    text = torch.eye(2)
+    one_vote = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # class 1 wins one crop
+    two_votes = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])  # class 1 wins two crops
+    assert vote_classes(one_vote, text, DetectConfig().min_crops)[1].tolist() == [0]
+    assert vote_classes(two_votes, text, DetectConfig().min_crops)[1].tolist() == [1]
+
+
+def test_valid_fraction_of_edge_and_corner_crops():
+    # 36x36 at resolution 36, 32-px crops at stride 16: origins 0 and 16 per axis, padded to 48x48.
+    # Crop (0, 16) covers columns 16..48 of which 16..36 are image: 32*20/1024; the corner crop 20*20/1024.
+    plan = plan_crops(36, 36, DetectConfig(resolution=36, overlap=0.5), input_size=32, patch=8)
+    assert plan.origins == ((0, 0), (0, 16), (16, 0), (16, 16))
+    assert np.allclose(plan.valid_fraction(), [1.0, 0.625, 0.625, 0.390625])
+    assert crop_voters(plan, 0.5).tolist() == [True, True, True, False]
+    assert crop_voters(plan, 0.0).all()
+
+
+def test_a_mostly_padding_crop_does_not_vote():
+    # 32x40 image, 32-px crops without overlap: crop 1 holds columns 32..40 of the image (green) and 24
+    # columns of padding (25 % image). With min_valid 0.5 it does not vote, so green is not present.
+    img = np.zeros((32, 40, 3), np.uint8)
+    img[:, :32] = RED
+    img[:, 32:] = GREEN
+    base = dict(resolution=32, overlap=0.0, min_crops=1)
+    stage, *_ = make_stage(DetectConfig(**base, min_valid=0.0))
+    (res,) = stage.process([img])
+    assert res.votes.tolist() == [1, 1, 0] and res.present.tolist() == [0, 1]
+    stage, *_ = make_stage(DetectConfig(**base))
+    (res,) = stage.process([img])
+    assert res.votes.tolist() == [1, 0, 0] and res.present.tolist() == [0]
+    assert res.masks.class_index.tolist() == [0]
 
 
 # ---- dense map and points ---------------------------------------------------------------------------
@@ -130,7 +168,7 @@ def test_stage_detects_present_colours_and_masks_them():
 
 def test_min_crops_drops_a_class_seen_in_too_few_crops():
     img = blocks_image(64, 256, [RED, RED, RED, BLUE])  # blue wins only the rightmost crops
-    stage, *_ = make_stage(DetectConfig(resolution=64, overlap=0.5))
+    stage, *_ = make_stage(DetectConfig(resolution=64, overlap=0.5, min_crops=1))
     (res,) = stage.process([img])
     n_blue = int(res.votes[2])
     assert 1 <= n_blue < int(res.votes[0])

@@ -85,3 +85,26 @@ def test_edge_cases():
     assert torch.isfinite(loss) and parts["patch_patch"] == 0.0
     loss.backward()
     assert torch.isfinite(one.grad).all()
+
+
+def test_literal_eq1_divides_by_all_text_features_and_all_patches():
+    """Eq. 1 read literally: 1/K over every text feature (absent classes add 0) and 1/(B N) over every
+    patch of the batch, ignored ones included; "batch" averages over what the batch holds."""
+    e = math.e
+    # K = 3 prototypes, two patches on the first two, tau = 1: Z_i = e + 1 + 1 (prototypes) + 1 (other patch)
+    z, t = torch.eye(3)[:2], torch.eye(3)
+    one = -math.log(e / (e + 3))
+    _, batch = fmbseg_loss(z, torch.tensor([0, 1]), t, 1.0, "batch")
+    _, literal = fmbseg_loss(z, torch.tensor([0, 1]), t, 1.0, "literal", total_patches=4)
+    assert batch["patch_text"] == pytest.approx(one, rel=1e-6)  # mean over the 2 classes present
+    assert literal["patch_text"] == pytest.approx(2 * one / 3, rel=1e-6)  # sum over classes / K = 3
+    # patch-patch: patches 0 and 1 are each other's positive: -log(e / (e + 1)) each; patch 2 has none
+    z, t = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), torch.eye(2)
+    pair = -math.log(e / (e + 1))
+    _, batch = fmbseg_loss(z, torch.tensor([0, 0, 1]), t, 1.0, "batch")
+    _, literal = fmbseg_loss(z, torch.tensor([0, 0, 1]), t, 1.0, "literal", total_patches=5)
+    assert batch["patch_patch"] == pytest.approx(pair, rel=1e-6)  # mean over the 2 patches with a positive
+    assert literal["patch_patch"] == pytest.approx(2 * pair / 5, rel=1e-6)  # sum / (B N) = 5 patches
+    assert literal["patch_text"] == pytest.approx(batch["patch_text"], rel=1e-6)  # all K classes present
+    with pytest.raises(ValueError, match="normalisation"):
+        fmbseg_loss(z, torch.tensor([0, 0, 1]), t, 1.0, "median")

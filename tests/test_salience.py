@@ -28,6 +28,7 @@ from ovlabel.stages.tune import (
     best_trial,
     load_params,
     random_search,
+    reward_from_logits,
     reward_from_probs,
     tune,
 )
@@ -74,7 +75,10 @@ def test_class_token_spans_cover_exactly_each_multi_token_name(blip):
     p = blip.prompt(names)
     assert p.text == "A picture of traffic light zebrafish wall dog"
     tokens = blip.tokenizer.convert_ids_to_tokens(p.ids.tolist())
-    assert tokens[:4] == ["[CLS]", "a", "picture", "of"] and tokens[-1] == "[SEP]"
+    assert tokens[:4] == ["[ENC]", "a", "picture", "of"] and tokens[-1] == "[SEP]"  # original BLIP's ITM token
+    cls = blip.prompt(names, itm_token="cls")
+    assert blip.tokenizer.convert_ids_to_tokens(cls.ids[:1].tolist()) == ["[CLS]"]
+    assert cls.ids[1:].tolist() == p.ids[1:].tolist() and cls.spans == p.spans
     pieces = [tokens[a:b] for a, b in p.spans]
     assert [" ".join(t).replace(" ##", "") for t in pieces] == ["traffic light", "zebrafish", "wall", "dog"]
     assert len(pieces[0]) == 2 and len(pieces[1]) > 2  # two words; an unknown word in several word pieces
@@ -85,6 +89,20 @@ def test_class_token_spans_cover_exactly_each_multi_token_name(blip):
     torch.testing.assert_close(maps[1], cam[p.spans[1][0] : p.spans[1][1]].mean(0))
     with pytest.raises(OvlabelError, match="at most 512"):
         blip.prompt(["zebrafish"] * 200)
+
+
+def test_enc_token_id_of_tokenizers_that_do_not_name_it():
+    from ovlabel.models.blip import BLIP_ENC_TOKEN_ID, build_tiny_tokenizer, enc_token_id
+
+    tiny = build_tiny_tokenizer()
+    assert enc_token_id(tiny, len(tiny)) == len(tiny) - 1  # named: the last piece, after [DEC]
+
+    class Bert:  # a tokenizer that knows only BERT's pieces, as the Hugging Face BLIP checkpoints ship
+        def get_vocab(self):
+            return {"[CLS]": 101}
+
+    assert enc_token_id(Bert(), 30524) == BLIP_ENC_TOKEN_ID == 30523  # bert-base-uncased + [DEC] + [ENC]
+    assert enc_token_id(Bert(), 30522) is None
 
 
 # ---- GradCAM ------------------------------------------------------------------------------------------------
@@ -159,6 +177,63 @@ def test_salience_dropout_never_revisits_a_dropped_patch_and_sums_exactly_three_
     assert (total[0][:, :10] == returned[0][0][:, :10]).all()  # a dropped patch only has its first-round salience
 
 
+def test_default_salience_runs_four_passes_the_image_and_three_drops(blip):
+    assert SalienceConfig().rounds == 4
+    ext = SalienceExtractor(blip, SalienceConfig(resolution=64))
+    before = blip.stats["blip_passes"]
+    with torch.inference_mode():
+        pixels = ext.prepare([two_colours()])
+    ext.maps(pixels, [blip.prompt(["red thing", "blue thing"])])
+    assert blip.stats["blip_passes"] - before == 4
+
+
+def test_labels_take_the_argmax_of_the_raw_not_the_normalised_salience():
+    from ovlabel.stages.salience import hard_labels, normalise
+
+    a = np.array([[1.0, 0.6], [0.5, 0.0]], np.float32)  # strong class
+    b = np.array([[0.0, 0.2], [0.3, 0.1]], np.float32)  # weak class: min-max normalisation stretches it to 1
+    maps = np.stack([a, b])
+    # threshold 0.15 on the normalised maps keeps a at [1, .6, .5, -] and b at [-, .667, 1, .333]
+    lab = hard_labels(maps, [4, 7], 0.15, 2, 2)  # 2x2: the upsampling is the identity
+    assert lab.tolist() == [[4, 4], [4, 7]]  # raw: a wins where both are kept
+    assert normalise(maps).argmax(0).tolist() == [[0, 1], [1, 1]]  # the old rule: b would win two pixels
+    assert hard_labels(np.stack([a * 0, b * 0]), [4, 7], 0.15, 2, 2).tolist() == [[255, 255], [255, 255]]
+
+
+def test_blur_sigma_is_a_fraction_of_the_long_side():
+    from ovlabel.config import CRFConfig
+    from ovlabel.crf import sigma_pixels
+
+    assert sigma_pixels(CRFConfig(blur_sigma=0.05), 300, 400) == pytest.approx(20.0)  # 4:3 image: 0.05 x 400
+    assert sigma_pixels(CRFConfig(blur_sigma=0.05, blur_side="short"), 300, 400) == pytest.approx(15.0)
+    assert SalienceConfig().crf.blur_side == "long"
+
+
+def test_unaries_are_the_softmax_of_the_blurred_normalised_salience_and_background():
+    from ovlabel.config import CRFConfig
+    from ovlabel.crf import unaries_from_salience
+
+    maps = np.array([[[0.0, 2.0, 1.0]]], np.float32)  # one class on a 1x3 image; 0 at the first pixel
+    probs, labels = unaries_from_salience(maps, [5], CRFConfig(blur_sigma=0.0))
+    assert labels.tolist() == [5, 255]
+    # class channel min-max -> [0, 1, .5]; background (max == 0) -> [1, 0, 0]; softmax over the two channels
+    e = np.e
+    expected_class = [1 / (1 + e), e / (e + 1), np.exp(0.5) / (np.exp(0.5) + 1)]
+    np.testing.assert_allclose(probs[0, 0], expected_class, rtol=1e-6)
+    np.testing.assert_allclose(probs.sum(0), 1.0, rtol=1e-6)
+    probs, labels = unaries_from_salience(maps, [5], CRFConfig(blur_sigma=0.0, fill_unlabeled=True))
+    assert labels.tolist() == [5] and np.allclose(probs, 1.0)
+    # blurred (std 0.5 x the long side = 1.5 px): the class channel is the min-max-normalised Gaussian blur
+    from scipy.ndimage import gaussian_filter
+
+    blurred = gaussian_filter(maps[0], 1.5)
+    norm = (blurred - blurred.min()) / (blurred.max() - blurred.min())
+    probs, _ = unaries_from_salience(maps, [5], CRFConfig(blur_sigma=0.5))
+    bg = gaussian_filter(np.array([[1.0, 0.0, 0.0]], np.float32), 1.5)
+    bg = (bg - bg.min()) / (bg.max() - bg.min())
+    np.testing.assert_allclose(probs[0], np.exp(norm) / (np.exp(norm) + np.exp(bg)), rtol=1e-5)
+
+
 # ---- the reward of §3.4 -------------------------------------------------------------------------------------
 
 class ColourClip:
@@ -179,7 +254,7 @@ class ColourClip:
 def test_reward_is_one_exactly_when_the_masked_image_beats_the_black_image():
     assert reward_from_probs([0.3, 0.2, 0.2], [0.2, 0.2, 0.3]) == 1  # equal is not a win
     clip = ColourClip()
-    reward = ClipReward(clip, torch.eye(3))  # classes: red, blue, dark
+    reward = ClipReward(clip, torch.eye(3), norm="vocabulary")  # classes: red, blue, dark
     img = np.zeros((16, 16, 3), np.uint8)
     img[:, :8] = (255, 0, 0)
     img[:, 8:] = (0, 0, 255)
@@ -196,6 +271,17 @@ def test_reward_is_one_exactly_when_the_masked_image_beats_the_black_image():
         wins.append(expected)
     assert wins == [1, 0, 1, 1, 0, 0]  # both outcomes occur; an empty mask is the black image: no win
     assert reward(img, np.stack([left, np.zeros_like(left), left]), [0, 1, 2]) == 1
+
+
+def test_reward_normalises_over_the_images_own_classes():
+    black = np.array([0.0, 0.0, 1.0])  # logits over a 3-class vocabulary
+    masked = np.array([[2.0, 0.0, 5.0],  # image masked with class 0's mask
+                       [0.0, 1.0, 0.0]])  # ... with class 1's mask
+    # own classes {0, 1}: P(0|m0) = e^2/(e^2+1) = .88 > P(0|black) = .5; P(1|m1) = e/(1+e) = .73 > .5
+    assert reward_from_logits(masked, black, [0, 1], "image") == 2
+    # whole vocabulary: P(0|m0) = e^2/(e^2+1+e^5) = .047 < P(0|black) = 1/(2+e) = .21; P(1|m1) = .58 > .21
+    assert reward_from_logits(masked, black, [0, 1], "vocabulary") == 1
+    assert reward_from_logits(masked[:1], black, [0], "image") == 0  # one class: 1 vs 1, never a win
 
 
 # ---- tune ---------------------------------------------------------------------------------------------------

@@ -108,12 +108,23 @@ def test_ensemble_is_the_renormalised_geometric_mean():
     assert torch.allclose(classify.ensemble(p, q, 1.0), q)
 
 
-def test_masked_crop_blanks_the_background_and_keeps_the_aspect_ratio():
+def test_masked_crop_is_stretched_to_clips_input_as_ovseg_does():
+    assert ClassifyConfig().crop_shape == "stretch"
+    img = np.full((40, 60, 3), 200, np.uint8)
+    img[10:30, 25:30] = 100  # the right half of the object's box is darker
+    m = torch.zeros(1, 40, 60, dtype=torch.bool)
+    m[0, 10:30, 20:30] = True  # a 20 x 10 (h x w) box
+    crop = classify.masked_crops(img, m, np.array([[20, 10, 30, 30]], np.float32), 20, fill=(7, 7, 7))[0]
+    assert crop.shape == (20, 20, 3) and not (crop == 7).any()  # no padding: the box fills the input
+    assert (crop[:, :6] == 200).all() and (crop[:, 14:] == 100).all()  # each 5-px half now 10 px wide: stretched
+
+
+def test_masked_crop_blanks_the_background_and_pads_to_keep_the_aspect_ratio():
     img = np.full((40, 60, 3), 200, np.uint8)
     m = torch.zeros(1, 40, 60, dtype=torch.bool)
     m[0, 10:30, 20:30] = True  # a 20 x 10 (h x w) box
     m[0, 10, 20] = False  # one background pixel inside the box
-    crop = classify.masked_crops(img, m, np.array([[20, 10, 30, 30]], np.float32), 20, fill=(7, 7, 7))[0]
+    crop = classify.masked_crops(img, m, np.array([[20, 10, 30, 30]], np.float32), 20, fill=(7, 7, 7), shape="pad")[0]
     assert crop.shape == (20, 20, 3)
     assert (crop[:, :4] == 7).all() and (crop[:, -4:] == 7).all()  # padded left and right to a square
     assert (crop[2:-2, 7:13] == 200).all()  # the object, undistorted in the middle

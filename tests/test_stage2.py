@@ -169,6 +169,35 @@ def test_cli_train_align_and_segment(trained, tmp_path):
     assert other.exit_code == 2 and "different settings" in other.output
 
 
+def test_segment_applies_and_records_a_protocol(trained, tmp_path):
+    tmp, _, _, _ = trained
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for f in ("scene_000.png", "scene_001.png"):
+        (images / f).write_bytes((tmp / "test" / f).read_bytes())
+    classes = "background,red square,green disk,blue stripes"
+    out = tmp_path / "seg"
+    base = ["segment", str(images), "--classes", classes, "--checkpoint", str(tmp / "ckpt"), "--out", str(out),
+            "--device", "cpu", "--no-progress"]
+    res = runner.invoke(app, base)
+    assert res.exit_code == 0, res.output
+    inf = json.loads((out / "run.json").read_text())["settings"]["segment"]["inference"]
+    assert inf == {"protocol": None, "resolution": 112, "window": 448, "stride": 224, "background_class": 0,
+                   "background_prompts": "coco-stuff-stuff", "prompt_background": False, "bg_threshold": 0.0,
+                   "logit_scale": pytest.approx(1 / 0.07), "area_threshold": 0.0}
+    for f in ("scene_000.png", "scene_001.png"):
+        assert set(np.unique(read_label_png(out / "labels" / f)).tolist()) <= {0, 1, 2, 3}
+    changed = runner.invoke(app, base + ["--window", "0"])  # a changed inference setting is a changed run
+    assert changed.exit_code == 2 and "different settings" in changed.output
+    out2 = tmp_path / "sclip"
+    res = runner.invoke(app, base[:-5] + ["--out", str(out2), "--protocol", "sclip-voc21", "--device", "cpu",
+                                          "--no-progress"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out2 / "run.json").read_text())["settings"]["segment"]
+    assert doc["resolution"] == 336 and doc["inference"]["protocol"] == "sclip-voc21"
+    assert (doc["inference"]["window"], doc["inference"]["bg_threshold"]) == (224, 0.1)
+
+
 @pytest.mark.parametrize("ckpt", [None, "empty"])
 def test_segment_without_checkpoint_says_how_to_get_one(tmp_path, ckpt):
     args = ["segment", str(tmp_path), "--classes", "rocket,bridge", "--out", str(tmp_path / "o")]

@@ -1,4 +1,4 @@
-"""Stage 2 training data: patch labels by area coverage, ignored patches, seeded Stage 1.2 subsampling."""
+"""Stage 2 training data: patch labels by area coverage, ignored patches, the run's own paint policy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from ovlabel.errors import OvlabelError
 from ovlabel.masks import MaskSet
-from ovlabel.stages.trainset import SOURCE_STAGE_1_2, load_train_set, patch_labels, subsample
+from ovlabel.stages.trainset import load_train_set, patch_labels
 from scenes import write_images, write_run
 
 U = 255
@@ -37,27 +37,43 @@ def test_patch_labels_on_uneven_and_tiny_images():
     assert patch_labels(tiny, (2, 3), 0.5).tolist() == [4] * 6
 
 
-def _mixed(n11: int, n12: int) -> MaskSet:
-    m = np.zeros((n11 + n12, 8, 8), bool)
-    for i in range(len(m)):
-        m[i, i % 8, : i // 8 + 1] = True
-    src = ["stage1.1"] * n11 + [SOURCE_STAGE_1_2] * n12
-    sets = [MaskSet.from_dense(m[i : i + 1], [i % 3], [0.5], src[i]) for i in range(len(m))]
-    return MaskSet.concat(sets)
+def _overlap_run(tmp_path, paint):
+    """A complete run with one 28x28 image: a whole-image mask (class 0, score 0.9, Stage 1.2) and a
+    top-left 14x14 mask (class 1, score 0.5, Stage 1.1), painted with ``paint`` (None: no merge settings)."""
+    import hashlib
+    import json
+
+    from PIL import Image
+
+    from ovlabel.artifacts import RunLayout, write_manifest, write_masks_and_coco
+
+    img = tmp_path / "imgs" / "a.png"
+    img.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(img)
+    big, small = np.ones((1, 28, 28), bool), np.zeros((1, 28, 28), bool)
+    small[0, :14, :14] = True
+    ms = MaskSet.concat([MaskSet.from_dense(big, [0], [0.9], "stage1.2"),
+                         MaskSet.from_dense(small, [1], [0.5], "stage1.1")])
+    layout = RunLayout(tmp_path / f"run-{paint}")
+    rows = [{"image_id": 1, "file": "a.png", "sha256": hashlib.sha256(img.read_bytes()).hexdigest(), "width": 28,
+             "height": 28, "status": "ok", "reason": None, "label_file": "labels/a.png", "num_masks": 2}]
+    write_masks_and_coco(layout, rows, [(1, ms)], ["wall", "cat"], {})
+    write_manifest(layout.manifest, rows)
+    settings = {"stages": ["1.1", "1.2"], "vocabulary": {"source": "list", "classes": ["wall", "cat"]},
+                "templates": {"name": "fmbseg", "templates": ["a photo of a {}."]}}
+    if paint:
+        settings["merge"] = {"stage12_ratio": 0.2, "seed": 0, "paint": paint}
+    layout.run_json.write_text(json.dumps({"status": "complete", "settings": settings,
+                                           "input": {"root": str(img.parent)}}))
+    return layout.root
 
 
-def test_stage12_subsampling_is_seeded_and_keeps_stage11():
-    ms = _mixed(3, 400)
-    a = subsample(ms, 0.25, seed=0, sha256="a" * 64)
-    assert a.source.count("stage1.1") == 3
-    kept = a.source.count(SOURCE_STAGE_1_2)
-    assert 70 <= kept <= 130  # ~25 % of 400
-    again = subsample(ms, 0.25, seed=0, sha256="a" * 64)
-    assert again.rles == a.rles  # same seed and image: same choice, whatever the order images come in
-    assert subsample(ms, 0.25, seed=1, sha256="a" * 64).rles != a.rles
-    assert subsample(ms, 0.25, seed=0, sha256="b" * 64).rles != a.rles
-    assert len(subsample(ms, 1.0, 0, "a" * 64)) == 403
-    assert subsample(ms, 0.0, 0, "a" * 64).source == ["stage1.1"] * 3
+@pytest.mark.parametrize("paint,labels", [(None, [0, 0, 0, 0]), ("score", [0, 0, 0, 0]),
+                                          ("small-on-top", [1, 0, 0, 0]), ("stage1.1-first", [1, 0, 0, 0])])
+def test_train_set_paints_overlaps_with_the_runs_policy(tmp_path, paint, labels):
+    # 2x2 patches of 14 px: the cat mask covers exactly patch 0; "score" lets the 0.9 wall mask win it
+    ts = load_train_set(_overlap_run(tmp_path, paint), resolution=28, patch=14, max_aspect=2.0, min_labelled=0.5)
+    assert ts.images[0].labels.tolist() == labels
 
 
 def test_train_set_from_a_run(tmp_path):
@@ -67,7 +83,7 @@ def test_train_set_from_a_run(tmp_path):
 
     Image.fromarray(np.zeros((112, 112, 3), np.uint8)).save(tmp_path / "imgs" / "blank.png")
     run = write_run(tmp_path / "run", tmp_path / "imgs", gt)
-    ts = load_train_set(run, resolution=112, patch=14, max_aspect=2.0, stage12_fraction=1.0, seed=0, min_labelled=0.5)
+    ts = load_train_set(run, resolution=112, patch=14, max_aspect=2.0, min_labelled=0.5)
     assert [im.file for im in ts.images] == sorted(k for k in gt if k != "blank.png")
     assert ts.skipped == [("blank.png", "no masks")]
     assert ts.vocab.names == ["red square", "green disk", "blue stripes", "grey background"]
@@ -78,4 +94,4 @@ def test_train_set_from_a_run(tmp_path):
     assert ts.class_counts().sum() == sum((im.labels >= 0).sum() for im in ts.images)
     (run / "run.json").unlink()
     with pytest.raises(OvlabelError, match="not an ovlabel run"):
-        load_train_set(run, 112, 14, 2.0, 1.0, 0, 0.5)
+        load_train_set(run, 112, 14, 2.0, 0.5)

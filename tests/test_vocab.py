@@ -10,6 +10,7 @@ from ovlabel.vocab import PRESET_VOCABULARIES, load_templates, load_vocabulary, 
 SIZES = {
     "coco-stuff": 171, "coco-object": 80, "voc": 20, "voc-bg": 21,
     "pascal-context": 59, "pascal-context-60": 60, "ade20k": 150, "cityscapes": 19,
+    "coco-stuff-stuff": 91, "voc-background-stuff": 26,
 }
 
 
@@ -23,6 +24,7 @@ def test_presets_are_consistent_with_each_other():
     assert set(SIZES) == set(PRESET_VOCABULARIES)
     stuff = load_vocabulary("coco-stuff").names
     assert load_vocabulary("coco-object").names == stuff[:80]
+    assert load_vocabulary("coco-stuff-stuff").names == stuff[80:]  # FMbSeg's PV-21 background stand-ins
     assert stuff[0] == "person" and stuff[-1] == "wood"
     assert load_vocabulary("voc-bg").names == ["background"] + load_vocabulary("voc").names
     assert load_vocabulary("pascal-context-60").names == ["background"] + load_vocabulary("pascal-context").names

@@ -27,7 +27,7 @@ def list_models():
         "DINOv2's model code via torch.hub into $TORCH_HOME/hub).\n"
         "Offline: copy those caches over, or pass files: --clip clip:ViT-L-14-quickgelu/PATH --sam sam:vit_h/PATH\n"
         "--dinov2 dinov2:dinov2_vitl14/PATH with OVLABEL_DINOV2_HUB=/path/to/a/dinov2/clone\n"
-        "--blip blip:itm-large-coco/FOLDER (a save_pretrained folder)"
+        "--blip blip:itm-large-flickr/FOLDER (a save_pretrained folder)"
     )
 
 

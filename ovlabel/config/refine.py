@@ -32,8 +32,10 @@ class CRFConfig:
     - ``pos_w``, ``pos_xy_std``: weight and spatial std (px) of the smoothness (Gaussian) kernel.
     - ``bi_w``, ``bi_xy_std``, ``bi_rgb_std``: weight, spatial std (px) and colour std (0-255 units) of the
       appearance (bilateral) kernel.
-    - ``blur_sigma``: std of the Gaussian that smooths hard masks into unaries (seed 004 §3.3), as a fraction
-      of the image's short side; 0 keeps the hard 0/1 masks. Not applied to stored soft maps.
+    - ``blur_sigma``: std of the Gaussian that smooths masks into unaries (seed 004 §3.3), as a fraction of
+      the image's side named by ``blur_side``; 0 keeps the masks unblurred. Not applied to stored soft maps.
+    - ``blur_side``: ``long`` (default: PnP-OVSS's released code blurs with ``scale * max(img_shape)``,
+      letitiabanana/PnP-OVSS ``PnP_OVSS_0514_updated_segmentation.py``, ``blurring``) or ``short``.
     - ``prob_floor``: probabilities are clipped to at least this before ``-log`` (pydensecrf's default).
     - ``fill_unlabeled``: let the CRF assign a class to unlabeled (255) pixels; by default "unlabeled" is
       one more label the CRF may keep or shrink.
@@ -46,8 +48,9 @@ class CRFConfig:
     bi_w: float = knob(10.0, help="Appearance (bilateral) kernel weight.")
     bi_xy_std: float = knob(50.0, help="Appearance kernel spatial std (px).")
     bi_rgb_std: float = knob(5.0, help="Appearance kernel colour std (0-255).")
-    blur_sigma: float = knob(0.01, help="Gaussian blur of hard masks before the CRF, as a fraction of the short side "
+    blur_sigma: float = knob(0.01, help="Gaussian blur of hard masks before the CRF, as a fraction of the long side "
                              "(PnP-OVSS §3.3); 0 = none.")
+    blur_side: str = knob("long", help="The image side --blur-sigma is a fraction of: long (PnP-OVSS's code) or short.")
     prob_floor: float = knob(1e-5, help="Probabilities are clipped to at least this before -log.")
     fill_unlabeled: bool = knob(False, help="Let the CRF give a class to unlabeled pixels (default: unlabeled is a "
                                 "label it may keep).", flag="--fill-unlabeled")
@@ -62,7 +65,8 @@ class CRFConfig:
             (self.bi_w >= 0, "bi_w", "a number >= 0"),
             (self.bi_xy_std > 0, "bi_xy_std", "a number > 0 (px)"),
             (self.bi_rgb_std > 0, "bi_rgb_std", "a number > 0 (0-255 colour units)"),
-            (0 <= self.blur_sigma <= 1, "blur_sigma", "a fraction of the short side in [0, 1]"),
+            (0 <= self.blur_sigma <= 1, "blur_sigma", "a fraction of the image side in [0, 1]"),
+            (self.blur_side in ("long", "short"), "blur_side", "'long' or 'short'"),
             (0 < self.prob_floor < 0.5, "prob_floor", "a probability in (0, 0.5)"),
         ]
         for ok, name, accepted in checks:

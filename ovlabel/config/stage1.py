@@ -12,7 +12,7 @@ from ovlabel.errors import OvlabelError
 
 @dataclass(frozen=True)
 class DetectConfig:
-    """Stage 1.1 parameters. The first six change results; the batch sizes only change speed/memory.
+    """Stage 1.1 parameters. All but the batch sizes change results; the batch sizes only change speed/memory.
 
     - ``resolution``: short side (px) the image is over-sampled to before cropping.
     - ``crop_size``: sliding-window crop (px); None = CLIP's native input size. Must be a multiple of
@@ -20,7 +20,12 @@ class DetectConfig:
     - ``overlap``: fraction of a crop shared with its neighbour; the stride is rounded to whole patches.
     - ``max_aspect``: the long side is capped at ``resolution * max_aspect`` (very wide/tall images get a
       shorter short side instead of thousands of crops; no side drops below one crop).
-    - ``min_crops``: a class is present when it is the best match of at least this many crops.
+    - ``min_crops``: a class is present when it is the best match of at least this many crops. Default 2:
+      seed 003 §3.2, "assigned to more than a predefined number of crops (set to 1 in our experiments)",
+      i.e. more than one crop.
+    - ``min_valid``: a crop votes only if at least this fraction of its area is image, not the padding
+      that makes crops tile the over-sampled image (ovlabel's choice, docs/stage1.1.md: 0.5, so a crop that
+      is mostly padding never votes). Its patch features still go into the feature map.
     - ``points_per_class``: point prompts per present class (FMbSeg: 5).
     - ``multimask``: let SAM propose 3 masks per prompt and keep the most confident (else one mask).
     """
@@ -29,7 +34,9 @@ class DetectConfig:
     crop_size: int | None = knob(None, help="Sliding-window crop (px).", shown="CLIP's input size")
     overlap: float = knob(0.5, help="Fraction of a crop shared with its neighbour.")
     max_aspect: float = knob(4.0, help="Cap the over-sampled long side at resolution x this.")
-    min_crops: int = knob(1, help="A class is present if it is the best match of at least this many crops.")
+    min_crops: int = knob(2, help="A class is present if it is the best match of at least this many crops "
+                          "(FMbSeg: more than 1).")
+    min_valid: float = knob(0.5, help="A crop votes only if at least this fraction of it is image, not padding.")
     points_per_class: int = knob(5, help="SAM point prompts per present class (the most similar patches).",
                                  flag="--points")
     multimask: bool = knob(True, help="Let SAM propose 3 masks per class and keep the most confident.",
@@ -44,6 +51,7 @@ class DetectConfig:
             (0.0 <= self.overlap < 1.0, "overlap", "a fraction in [0, 1)"),
             (self.max_aspect >= 1.0, "max_aspect", "a number >= 1"),
             (self.min_crops >= 1, "min_crops", "an integer >= 1"),
+            (0.0 <= self.min_valid <= 1.0, "min_valid", "a fraction of the crop in [0, 1]"),
             (self.points_per_class >= 1, "points_per_class", "an integer >= 1"),
             (self.clip_batch_size >= 1, "clip_batch_size", "an integer >= 1"),
             (self.sam_batch_size >= 1, "sam_batch_size", "an integer >= 1"),
@@ -108,6 +116,7 @@ class AutoMaskConfig:
 
 
 CLASSIFIERS = ("fmbseg", "ovseg", "ensemble")
+CROP_SHAPES = ("stretch", "pad")
 
 
 @dataclass(frozen=True)
@@ -120,6 +129,10 @@ class ClassifyConfig:
     - ``ensemble_lambda``: λ, the weight of the masked-crop (OVSeg) probabilities. OVSeg A.5 uses 0.7
       for ADE20K and 0.6 for Pascal VOC/Context.
     - ``templates``: prompt templates of the masked-crop classifier (OVSeg A.2: the 14 ViLD templates).
+    - ``crop_shape``: how a masked crop's tight box becomes CLIP's square input: ``stretch`` (resized to
+      it, aspect not kept: seed 002 §3.1 "re-size to CLIP's resolution", facebookresearch/ov-seg
+      ``open_vocab_seg/modeling/clip_adapter/adapter.py``: ``F.interpolate(r, size=(224, 224))``) or ``pad``
+      (centred on a square of the fill colour first, so the object keeps its aspect ratio: ovlabel's option).
     - ``top_k``: class scores kept per mask.
     """
 
@@ -127,12 +140,15 @@ class ClassifyConfig:
     ensemble_lambda: float = knob(0.7, help="Weight of the masked-crop classifier in the ensemble p^(1-l)*p_crop^l.")
     templates: str = knob("vild", help="Templates of the masked-crop classifier (fmbseg, vild, imagenet or a file).",
                           flag="--crop-templates")
+    crop_shape: str = knob("stretch", help="Masked crop to CLIP's square input: stretch (OVSeg's code) or pad (keep "
+                           "the aspect ratio).")
     top_k: int = knob(3, help="Class scores kept per Stage 1.2 mask.")
 
     def __post_init__(self):
         _check(self, [
             (self.classifier in CLASSIFIERS, "classifier", " or ".join(CLASSIFIERS)),
             (0.0 <= self.ensemble_lambda <= 1.0, "ensemble_lambda", "a number in [0, 1]"),
+            (self.crop_shape in CROP_SHAPES, "crop_shape", " or ".join(CROP_SHAPES)),
             (self.top_k >= 1, "top_k", "an integer >= 1"),
         ])
 
@@ -145,7 +161,7 @@ class ClassifyConfig:
         if self.classifier != "ensemble":
             del d["ensemble_lambda"]
         if not self.needs_crops:
-            del d["templates"]
+            del d["templates"], d["crop_shape"]
         return d
 
 
@@ -156,16 +172,19 @@ PAINT_POLICIES = ("score", "stage1.1-first", "small-on-top")
 class MergeConfig:
     """How Stage 1.1 and 1.2 masks become one set of annotations and one label map per image.
 
-    - ``stage12_ratio``: fraction of each image's Stage 1.2 masks kept (FMbSeg §4.1 samples Stage 1.2
-      annotations to balance the two sources; the fraction it used is not in the text). Sampled
-      without replacement, seeded by ``seed`` and the image's content hash: same inputs, same masks.
+    - ``stage12_ratio``: fraction of each image's Stage 1.2 masks kept. FMbSeg §4.1: "in order to balance
+      the pseudo annotations of these complementary methods, we randomly sample [ ] of annotations from
+      stage 1.2"; the fraction did not survive in the text, so 0.2 is ovlabel's choice (docs/stage1.2.md). The one
+      balancing rule of ovlabel: the run's artifacts (labels, masks, COCO) hold the sample and
+      ``train-align`` trains on exactly them. Sampled without replacement, seeded by ``seed`` and the
+      image's content hash: same inputs, same masks.
     - ``paint``: which mask wins a pixel where masks overlap in the label map: ``score`` (highest
       score; all scores are SAM's predicted IoU), ``stage1.1-first`` (Stage 1.1 masks over Stage 1.2,
       score within a stage), ``small-on-top`` (smaller masks over larger: objects stay visible on
       the regions around them).
     """
 
-    stage12_ratio: float = knob(1.0, help="Fraction of each image's Stage 1.2 masks kept (seeded sample).")
+    stage12_ratio: float = knob(0.2, help="Fraction of each image's Stage 1.2 masks kept (seeded sample).")
     seed: int = knob(0, help="Seed of the Stage 1.2 sample.")
     paint: str = knob("score", help=f"Which mask wins overlapping pixels in label maps: {', '.join(PAINT_POLICIES)}.")
 
@@ -174,6 +193,10 @@ class MergeConfig:
             (0.0 <= self.stage12_ratio <= 1.0, "stage12_ratio", "a fraction in [0, 1]"),
             (self.paint in PAINT_POLICIES, "paint", " or ".join(PAINT_POLICIES)),
         ])
+
+    def result_params(self) -> dict:
+        """Every field changes the artifacts (the run records them as ``settings.merge``)."""
+        return asdict(self)
 
 
 STAGES = ("1.1", "1.2")

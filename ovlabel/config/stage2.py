@@ -16,9 +16,15 @@ class TrainAlignConfig:
     Models: ``dinov2`` (default: the ``models`` preset's, ``dinov2:dinov2_vitl14`` as in §4.1) is the
     frozen vision encoder; ``clip`` (default: the CLIP the run was labelled with) gives the frozen text
     features, with the run's templates. From the paper: SGD, cosine annealing, ``batch_size`` 5 images,
-    ``epochs`` 10, random subsampling of Stage 1.2 masks (its fraction was lost from the text: 0.2 here).
+    ``epochs`` 10. The training labels are the run's merged masks, painted with the run's ``paint`` policy:
+    FMbSeg's random subsampling of Stage 1.2 masks (§4.1) is the run's ``stage12_ratio``
+    (:class:`ovlabel.config.MergeConfig`; change it with ``classify-masks RUN --stage12-ratio``).
     Not in the paper, so chosen here: ``resolution`` (short side, px), ``temperature``, ``lr``,
     ``momentum``, ``weight_decay``, ``min_labelled`` (share of a patch that must be labelled).
+    ``loss_norm``: how Eq. 1 averages its two terms (:mod:`ovlabel.loss`): ``batch`` (over the classes in the
+    batch and the patches with a positive) or ``literal`` (1/K over all text features, 1/(B·N) over all
+    patches); default ``batch``, which trained better on the synthetic scenes (docs/stage2.md, measured by
+    ``benchmarks/loss_norm.py``).
     ``feature_cache``: a folder for fp16 encoder features, ``"none"`` to keep none, None = the ovlabel
     cache. ``resume`` continues the checkpoint in ``out`` from its last finished epoch.
     """
@@ -38,11 +44,12 @@ class TrainAlignConfig:
     momentum: float = knob(0.9, help="SGD momentum.")
     weight_decay: float = knob(1e-4, help="SGD weight decay.")
     temperature: float = knob(0.07, help="Contrastive loss temperature.")
-    stage12_fraction: float = knob(0.2, help="Fraction of Stage 1.2 masks kept (random, seeded; FMbSeg 4.1).")
+    loss_norm: str = knob("batch", help="Eq. 1 averaging: batch (over the batch's classes and patches) or literal "
+                          "(1/K, 1/(B*N)).")
     min_labelled: float = knob(0.5, help="A patch is trained on if labelled pixels cover at least this share of it.")
     num_heads: int | None = knob(None, help="Attention heads of the alignment block.", shown="embedding dim / 64")
     mlp_ratio: float = knob(4.0, help="Hidden size of the alignment block's MLP, times its width.")
-    seed: int = knob(0, help="Seed for initialisation, image order and Stage 1.2 subsampling.")
+    seed: int = knob(0, help="Seed for initialisation and image order.")
     feature_cache: str | None = knob(None, help="Folder for cached fp16 encoder features ('none' to disable).",
                                      shown="the ovlabel cache")
     encoder_batch: int = knob(8, help="Images per encoder forward when computing features.")
@@ -61,7 +68,7 @@ class TrainAlignConfig:
             (0.0 <= self.momentum < 1.0, "momentum", "a number in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay", "a number >= 0"),
             (self.temperature > 0, "temperature", "a number > 0"),
-            (0.0 <= self.stage12_fraction <= 1.0, "stage12_fraction", "a fraction in [0, 1]"),
+            (self.loss_norm in ("batch", "literal"), "loss_norm", "'batch' or 'literal'"),
             (0.0 <= self.min_labelled <= 1.0, "min_labelled", "a fraction in [0, 1]"),
             (self.num_heads is None or self.num_heads >= 1, "num_heads", "an integer >= 1"),
             (self.mlp_ratio > 0, "mlp_ratio", "a number > 0"),
@@ -80,17 +87,45 @@ class TrainAlignConfig:
 class SegmentConfig(ModelRunConfig):
     """``segment``: label new images with a trained alignment checkpoint and any class names.
 
-    ``classes``: a preset, class file or comma list. ``templates``/``resolution``: None = the
-    checkpoint's. ``dinov2``/``clip``: None = the encoders the checkpoint was trained with (override only
-    to point at the same weights in another place). ``refine``: dense-CRF refinement of the upsampled
-    class probabilities. ``overwrite``/``overlays``/``progress``/``image_batch`` as in pseudo-label.
+    ``classes``: a preset, class file or comma list. ``templates``: None = the checkpoint's. ``dinov2``/``clip``:
+    None = the encoders the checkpoint was trained with (override only to point at the same weights in
+    another place). ``refine``: dense-CRF refinement of the upsampled class probabilities.
+    ``overwrite``/``overlays``/``progress``/``image_batch`` as in pseudo-label.
+
+    Inference (:mod:`ovlabel.stages.segment_infer`); None = the ``protocol`` preset's value, else the default:
+
+    - ``protocol``: an evaluation preset of :mod:`ovlabel.protocols` (e.g. ``fmbseg-voc21``, ``sclip-voc21``).
+    - ``resolution``: short side (px) images are resized to (default: the checkpoint's training resolution).
+    - ``window``, ``stride``: sliding window and stride (px) on the resized image (default: FMbSeg's
+      protocol, TCL's 448 / 224, seed 003 §4.1); ``window`` 0 = the whole image at once.
+    - ``background_prompts``: classes prompted in place of a class named ``background`` and predicting it
+      (default: FMbSeg's, the 91 COCO-Stuff stuff classes, when the class list has a ``background`` class;
+      ``none`` = prompt the background class by its own name).
+    - ``bg_threshold``: a pixel whose top probability is below this is background (default 0 = off);
+      ``logit_scale``: the scale of that softmax (default: 1 / the checkpoint's temperature);
+      ``area_threshold``: SCLIP's VOC rule, classes below this share of the foreground are dropped (0 = off).
     """
 
     classes: str = knob("", help="Classes: a comma list 'rocket,bridge', a class file, or a preset (voc, ade20k, ...).",
                         shown="none: required")
     checkpoint: str | None = knob(None, help="Checkpoint folder written by train-align.", shown="none: required")
     templates: str | None = knob(None, help="Prompt templates.", shown="the checkpoint's")
-    resolution: int | None = knob(None, help="Short side (px) for the encoder.", shown="the checkpoint's")
+    resolution: int | None = knob(None, help="Short side (px) images are resized to.",
+                                  shown="the protocol's, else the checkpoint's")
+    protocol: str | None = knob(None, help="Evaluation preset for inference: short side, sliding window, background "
+                                "rule (e.g. fmbseg-voc21, sclip-voc21; see `ovlabel protocols`).")
+    window: int | None = knob(None, help="Sliding window (px) on the resized image; 0 = whole image.",
+                              shown="the protocol's, else 448 as FMbSeg/TCL")
+    stride: int | None = knob(None, help="Sliding-window stride (px).", shown="the protocol's, else 224")
+    background_prompts: str | None = knob(None, help="Classes prompted for a class named 'background' (preset, file "
+                                          "or list; 'none' = prompt 'background').",
+                                          shown="the protocol's, else coco-stuff-stuff as FMbSeg PV-21")
+    bg_threshold: float | None = knob(None, help="Pixels whose top class probability is below this are background.",
+                                      shown="the protocol's, else off")
+    logit_scale: float | None = knob(None, help="Scale of the similarity softmax for --bg-threshold.",
+                                     shown="the protocol's, else 1/temperature")
+    area_threshold: float | None = knob(None, help="Drop classes covering less than this share of the foreground "
+                                        "(SCLIP VOC).", shown="the protocol's, else off")
     dinov2: str | None = knob(None, help="Vision encoder (override only to relocate its weights).",
                               shown="the checkpoint's")
     clip: str | None = knob(None, help="Text encoder.", shown="the checkpoint's")
@@ -101,5 +136,27 @@ class SegmentConfig(ModelRunConfig):
         super().__post_init__()
         _check(self, [
             (self.resolution is None or self.resolution >= 14, "resolution", "an integer >= 14 (px)"),
+            (self.window is None or self.window == 0 or self.window >= 14, "window", "0 (whole image) or >= 14 (px)"),
+            (self.stride is None or self.stride >= 1, "stride", "an integer >= 1 (px)"),
+            (self.bg_threshold is None or 0.0 <= self.bg_threshold <= 1.0, "bg_threshold", "a probability in [0, 1]"),
+            (self.logit_scale is None or self.logit_scale > 0, "logit_scale", "a number > 0"),
+            (self.area_threshold is None or 0.0 <= self.area_threshold <= 1.0, "area_threshold",
+             "a fraction in [0, 1]"),
             (self.image_batch >= 1, "image_batch", "an integer >= 1"),
         ])
+        if self.protocol is not None:
+            from ovlabel.protocols import get_protocol
+
+            get_protocol(self.protocol)  # an unknown name fails now, listing the known ones
+
+    def result_params(self) -> dict:
+        """The options that change the labels as given (``segment`` records them resolved against the
+        protocol and the checkpoint: :func:`ovlabel.stages.segment_infer.resolve`)."""
+        from dataclasses import fields
+
+        from ovlabel.config.run import ModelRunConfig
+
+        d = asdict(self)
+        for k in ("checkpoint", "dinov2", "clip", "image_batch", *(f.name for f in fields(ModelRunConfig))):
+            del d[k]
+        return d

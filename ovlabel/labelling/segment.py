@@ -46,12 +46,16 @@ class SegmentWorker(Worker):
         else:
             encoder = load_model(stage.specs["dinov2"], self.device, self.precision)
             clip = load_model(stage.specs["clip"], self.device, self.precision)
+        from ovlabel.stages.segment_infer import queries
+
         _warn_if_other_weights(encoder.identity, config["vision_encoder"])
         _warn_if_other_weights(clip.identity, config["text_encoder"])
-        text = class_text_features(clip, stage.vocab, stage.templates).to(self.device)
+        inf = stage.inference
+        prompted, owner = queries(stage.vocab, inf)
+        text = class_text_features(clip, prompted, stage.templates).to(self.device)
         self.clip = clip
-        self.segmenter = AlignedSegmenter(encoder, stage.module.to(self.device), text, config, stage.resolution,
-                                          cfg.refine, self.precision)
+        self.segmenter = AlignedSegmenter(encoder, stage.module.to(self.device), text, config, inf.resolution,
+                                          cfg.refine, self.precision, inf, owner)
 
     def process(self, images, works) -> list[Output]:
         import torch
@@ -75,6 +79,7 @@ class SegmentStage(Stage):
         from ovlabel.device import resolve_device, resolve_precision
         from ovlabel.models.registry import parse_model
         from ovlabel.stages.align import WEIGHTS_FILE, load_checkpoint
+        from ovlabel.stages.segment_infer import resolve
         from ovlabel.vocab import Templates, load_templates, load_vocabulary
 
         if not cfg.classes.strip():
@@ -83,6 +88,7 @@ class SegmentStage(Stage):
         self.vocab = load_vocabulary(cfg.classes)
         self.module, config = load_checkpoint(cfg.checkpoint, "cpu")
         self.ckpt_config = config
+        self.inference = resolve(cfg, self.vocab, config)
         if cfg.templates:
             self.templates = load_templates(cfg.templates)
         else:
@@ -96,7 +102,6 @@ class SegmentStage(Stage):
             }
             names = {f: s.name for f, s in self.specs.items()}
         resolve_precision(cfg.precision, resolve_device(cfg.device))  # a bad --device fails before any work
-        self.resolution = cfg.resolution or int(config["resolution"])
         weights = Path(cfg.checkpoint).expanduser().resolve() / WEIGHTS_FILE
         settings = {
             "stages": [SOURCE_SEGMENT],
@@ -107,8 +112,9 @@ class SegmentStage(Stage):
             # in run.json's last_invocation.parameters)
             "checkpoint": {"sha256": file_sha256(weights), "epoch": config.get("epoch")},
             "segment": {
-                "resolution": self.resolution, "max_aspect": config["max_aspect"], "temperature": config["temperature"],
-                "refine": cfg.refine, "crf": asdict(CRFConfig()) if cfg.refine else None,
+                "resolution": self.inference.resolution, "inference": self.inference.to_json(),
+                "max_aspect": config["max_aspect"], "temperature": config["temperature"], "refine": cfg.refine,
+                "crf": asdict(CRFConfig()) if cfg.refine else None,
             },
         }
         from ovlabel.engine import settings_key

@@ -12,6 +12,13 @@ records only the text layers from there on (the vision tower runs without a grap
 ``torch.autograd.grad(match_logit.sum(), attention_maps)`` computes exactly the gradients needed. A full
 ``loss.backward()`` over the weights costs 2.5x more (docs/salience.md, DESIGN.md).
 
+First token: original BLIP (salesforce/BLIP ``models/blip_retrieval.py``, LAVIS
+``blip_image_text_matching.py``, and PnP-OVSS's copy of it, letitiabanana/PnP-OVSS ``Files to replace for
+BLIP/blip_image_text_matching.py``: ``encoder_input_ids[:, 0] = self.tokenizer.enc_token_id``) replaces the
+tokenizer's ``[CLS]`` by its ``[ENC]`` token before image-text matching, and the ITM head reads that
+position. Hugging Face's ``BlipForImageTextRetrieval`` keeps ``[CLS]`` (transformers issues #22732, #25629).
+:meth:`BlipModel.prompt` puts ``[ENC]`` there by default (``itm_token="enc"``); ``"cls"`` keeps ``[CLS]``.
+
 Token positions: the tokenizer adds ``[CLS]`` (position 0) and ``[SEP]``; a class's span is the positions
 whose characters lie inside its name in the prompt, so a class of several word pieces ("traffic light",
 "zebrafish" -> ``zebra ##fish``) gets all of them, and "A picture of" gets none (§3: those tokens are
@@ -42,7 +49,13 @@ BLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: The prompt of seed 004 §3; class names follow, separated by spaces.
 PROMPT_PREFIX = "A picture of"
 #: Bump when the tiny configuration changes.
-TINY_VERSION = 1
+TINY_VERSION = 2
+#: Original BLIP's tokenizer is bert-base-uncased (30522 pieces) plus ``[DEC]`` (30522) and ``[ENC]`` (30523),
+#: added in that order by ``init_tokenizer`` (salesforce/BLIP ``models/blip.py``); the Hugging Face checkpoints
+#: keep the 30524-row embedding but their tokenizer files do not name the two added tokens.
+BLIP_VOCAB_SIZE, BLIP_ENC_TOKEN_ID = 30524, 30523
+#: Accepted ``itm_token`` values: the token at position 0 of every ITM prompt.
+ITM_TOKENS = ("enc", "cls")
 
 #: Full-size architectures (the ``config.json`` of the Salesforce/blip-itm-* repos), for ``ARCH/random``.
 _VISION = {
@@ -83,15 +96,20 @@ class BlipModel:
         self.num_layers = int(tc.num_hidden_layers)
         self.num_heads = int(tc.num_attention_heads)
         self.max_tokens = int(tc.max_position_embeddings)
+        self.enc_token_id = enc_token_id(tokenizer, int(tc.vocab_size))
         self.mean = torch.tensor(BLIP_MEAN, device=device).view(3, 1, 1)
         self.std = torch.tensor(BLIP_STD, device=device).view(3, 1, 1)
         self.stats: Counter = Counter()
         self.timings: Counter = Counter()
 
-    def prompt(self, names: list[str]) -> Prompt:
+    def prompt(self, names: list[str], itm_token: str = "enc") -> Prompt:
         """Tokenise "A picture of {c1} … {cK}" for class names ``names`` (vocabulary names; ``_``/``-`` become
-        spaces as in every prompt, :func:`ovlabel.vocab.prompt_name`). Raises OvlabelError when the prompt
-        exceeds the text encoder's positions or a name yields no token."""
+        spaces as in every prompt, :func:`ovlabel.vocab.prompt_name`). ``itm_token``: ``enc`` puts BLIP's
+        ``[ENC]`` token at position 0 as original BLIP does for image-text matching, ``cls`` keeps the
+        tokenizer's ``[CLS]`` (Hugging Face's choice). Raises OvlabelError when the prompt exceeds the text
+        encoder's positions, a name yields no token, or ``[ENC]`` is unknown to this checkpoint."""
+        if itm_token not in ITM_TOKENS:
+            raise OvlabelError(f"itm_token={itm_token!r} is invalid: expected one of {', '.join(ITM_TOKENS)}")
         text, ranges = PROMPT_PREFIX, []
         for name in names:
             phrase = prompt_name(name)
@@ -112,6 +130,13 @@ class BlipModel:
                 raise OvlabelError(f"class name {name!r} yields no token for BLIP's tokenizer")
             assert pos == list(range(pos[0], pos[-1] + 1)), (name, pos)
             spans.append((pos[0], pos[-1] + 1))
+        ids = list(ids)
+        if itm_token == "enc":
+            if self.enc_token_id is None:
+                raise OvlabelError(
+                    f"{self.identity.get('spec')} has no [ENC] token (its tokenizer does not name one and its text "
+                    f"vocabulary is not BLIP's {BLIP_VOCAB_SIZE} pieces); use itm_token 'cls'")
+            ids[0] = self.enc_token_id
         return Prompt(text, torch.tensor(ids, dtype=torch.long), tuple(spans))
 
     def prepare(self, image: np.ndarray, size: int) -> torch.Tensor:
@@ -188,10 +213,21 @@ class BlipModel:
         }
 
 
+def enc_token_id(tokenizer, vocab_size: int) -> int | None:
+    """The id of BLIP's ``[ENC]`` token: the tokenizer's, if it names one; else :data:`BLIP_ENC_TOKEN_ID` when
+    the text encoder has BLIP's :data:`BLIP_VOCAB_SIZE` embedding rows (the Hugging Face checkpoints); else
+    None."""
+    vocab = tokenizer.get_vocab()
+    if "[ENC]" in vocab:
+        return int(vocab["[ENC]"])
+    return BLIP_ENC_TOKEN_ID if vocab_size == BLIP_VOCAB_SIZE else None
+
+
 def tiny_vocab() -> list[str]:
     """The tiny tokenizer's word pieces: special tokens, "a picture of", every word of the packaged
     vocabulary presets (sorted), and single characters with their ``##`` continuations, so any ASCII name
-    tokenises (unknown words into several pieces). Deterministic: same package, same vocabulary."""
+    tokenises (unknown words into several pieces), then BLIP's ``[DEC]`` and ``[ENC]`` last, as BLIP adds
+    them. Deterministic: same package, same vocabulary."""
     from importlib import resources
 
     words = set()
@@ -203,7 +239,7 @@ def tiny_vocab() -> list[str]:
     chars = string.ascii_lowercase + string.digits
     pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "picture", "of"]
     pieces += sorted(words) + list(chars) + list(string.punctuation) + ["##" + c for c in chars]
-    return list(dict.fromkeys(pieces))
+    return list(dict.fromkeys(pieces)) + ["[DEC]", "[ENC]"]
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,7 +1,9 @@
 """CLIP (open_clip) wrapper: text embeddings, crop class tokens and dense patch features in one pass.
 
-Dense patch features in the joint image-text space follow MaskCLIP (Zhou et al., ECCV 2022, §3.2), the
-projection FMbSeg's appendix refers to for "projecting patch features" (seed 003 §3.1): in the last
+Dense patch features in the joint image-text space follow MaskCLIP (Zhou et al., ECCV 2022, §3.2). FMbSeg
+(seed 003 §3.1) says patch features "can be projected onto the same space" and leaves "the specific
+architecture for projecting patch features" to an appendix the seed text lacks, so MaskCLIP's projection is
+ovlabel's choice (docs/stage1.1.md), not a stated FMbSeg one: in the last
 transformer block, the query-key attention is replaced by the identity, so each patch token keeps its
 own value embedding ``out_proj(W_v · ln_1(x))`` instead of a global mixture; the block's residual and
 MLP are kept, then ``ln_post`` and the visual projection map every token into the space the class token

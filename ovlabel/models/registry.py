@@ -11,8 +11,11 @@ Syntax: ``FAMILY:ARCH[/WEIGHTS]``.
 - ``WEIGHTS`` may instead be a local file (``clip:ViT-B-16/ckpt/model.bin``), an ``http(s)://`` URL
   (downloaded once into ``$TORCH_HOME/hub/checkpoints``), or ``random`` (full-size architecture,
   random weights: for timing only).
-- ``blip:itm-large-coco`` (PnP-OVSS's BLIP, seed 004 §9), ``blip:itm-base-coco``, ``blip:itm-large-flickr``,
-  ``blip:itm-base-flickr``: BLIP image-text matching from the Hugging Face repo ``Salesforce/blip-<arch>``;
+- ``blip:itm-large-flickr`` (the checkpoint PnP-OVSS's released code loads and tuned layer 8 / head 10 on:
+  letitiabanana/PnP-OVSS ``Files to replace for BLIP/blip_itm_large.yaml`` names
+  ``model_large_retrieval_flickr.pth``; seed 004 §9 names "two checkpoints for image retrieval on COCO and
+  Flickr"), ``blip:itm-large-coco``, ``blip:itm-base-coco``, ``blip:itm-base-flickr``: BLIP image-text
+  matching from the Hugging Face repo ``Salesforce/blip-<arch>``;
   ``blip:ARCH/FOLDER`` a local folder saved by ``save_pretrained`` (config, weights, tokenizer files).
 - ``clip:tiny``, ``sam:tiny``, ``dinov2:tiny`` and ``blip:tiny``: tiny random-initialised models on the same code path, for
   tests and offline demos. Their outputs are meaningless and runs record that in ``run.json``.
@@ -38,7 +41,7 @@ BLIP_ARCHS = ("itm-large-coco", "itm-base-coco", "itm-large-flickr", "itm-base-f
 #: ``--models`` presets: one spec per family.
 MODEL_PRESETS = {
     "default": {
-        "clip": "clip:ViT-L-14/openai", "sam": "sam:vit_h", "dinov2": "dinov2:dinov2_vitl14", "blip": "blip:itm-large-coco",
+        "clip": "clip:ViT-L-14/openai", "sam": "sam:vit_h", "dinov2": "dinov2:dinov2_vitl14", "blip": "blip:itm-large-flickr",
     },
     "tiny": {"clip": "clip:tiny", "sam": "sam:tiny", "dinov2": "dinov2:tiny", "blip": "blip:tiny"},
 }
@@ -63,9 +66,9 @@ KNOWN_MODELS = (
     ("dinov2:dinov2_vitl14_reg", "DINOv2 ViT-L/14 with registers"),
     ("dinov2:dinov2_vitb14_reg", "DINOv2 ViT-B/14 with registers"),
     ("dinov2:tiny", "tiny random DINOv2-shaped ViT for tests and offline demos (meaningless output)"),
-    ("blip:itm-large-coco", "BLIP ITM ViT-L, COCO retrieval (PnP-OVSS's choice, default for salience)"),
+    ("blip:itm-large-flickr", "BLIP ITM ViT-L, Flickr30k retrieval (PnP-OVSS's released code, default for salience)"),
+    ("blip:itm-large-coco", "BLIP ITM ViT-L, COCO retrieval"),
     ("blip:itm-base-coco", "BLIP ITM ViT-B, COCO retrieval"),
-    ("blip:itm-large-flickr", "BLIP ITM ViT-L, Flickr30k retrieval"),
     ("blip:tiny", "tiny random BLIP for tests and offline demos (meaningless output)"),
 )
 

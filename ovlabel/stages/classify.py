@@ -9,10 +9,15 @@ mask can never take a class that crop detection did not find:
 - **OVSeg** (seed 002 §3.1, A.1): each mask's tight box is cropped from the image, the background inside the
   box is blanked ("crop with mask", A.1), the crop is resized to CLIP's input and classified with a
   prompt-template ensemble (A.2: the 14 ViLD templates). Blanked pixels take CLIP's mean colour, i.e. zero
-  after normalisation; the box is padded to a square with the same colour so the object keeps its aspect
-  ratio. All crops of a batch of images share CLIP forward passes.
+  after normalisation (facebookresearch/ov-seg ``open_vocab_seg/modeling/clip_adapter/adapter.py``,
+  ``mask_fill="mean"``). The box is stretched to CLIP's square input as OVSeg's code does
+  (``F.interpolate(r, size=(224, 224))``); ``crop_shape="pad"`` centres it on a square of the fill colour
+  first so the object keeps its aspect ratio. All crops of a batch of images share CLIP forward passes.
+  This is OVSeg's *baseline* classifier: vanilla CLIP, without OVSeg's mask-adapted fine-tuning (§3.2-3.3).
 - **Ensemble** (seed 002 §3.1, A.5): ``p^(1-λ) · p̂^λ`` with p the FMbSeg and p̂ the OVSeg probabilities,
-  renormalised over the classes so the stored scores stay probabilities (the argmax is unchanged).
+  renormalised over the classes so the stored scores stay probabilities (the argmax is unchanged). In OVSeg,
+  p is a trained MaskFormer's in-vocabulary classifier; here both terms come from the same frozen CLIP
+  (dense-feature mean vs masked crop), so the ensemble mixes two frozen-CLIP scores.
 
 Probabilities are ``softmax(scale · cos)`` over the detected classes, with CLIP's own logit scale.
 """
@@ -67,12 +72,15 @@ def ensemble(p: torch.Tensor, p_hat: torch.Tensor, lam: float) -> torch.Tensor:
     return q / q.sum(dim=-1, keepdim=True)
 
 
-def masked_crops(image: np.ndarray, masks: torch.Tensor, boxes: np.ndarray, size: int, fill) -> np.ndarray:
+def masked_crops(
+    image: np.ndarray, masks: torch.Tensor, boxes: np.ndarray, size: int, fill, shape: str = "stretch"
+) -> np.ndarray:
     """OVSeg's "crop with mask" inputs: uint8 ``(N, S, S, 3)``.
 
     ``image``: RGB uint8 ``(H, W, 3)``; ``masks``: bool ``(N, H, W)``; ``boxes``: float ``(N, 4)`` xyxy
-    pixel edges (tight boxes); ``fill``: the RGB colour of blanked pixels. Each box is cut out, pixels
-    outside the mask take ``fill``, the crop is centred on a ``fill`` square and resized to ``size``.
+    pixel edges (tight boxes); ``fill``: the RGB colour of blanked pixels. Each box is cut out and pixels
+    outside the mask take ``fill``; ``shape="stretch"`` resizes the crop to ``size x size`` (bicubic; the
+    aspect ratio is not kept, as OVSeg's code), ``"pad"`` first centres it on a ``fill`` square.
     """
     from PIL import Image
 
@@ -82,13 +90,15 @@ def masked_crops(image: np.ndarray, masks: torch.Tensor, boxes: np.ndarray, size
     for i, (x1, y1, x2, y2) in enumerate(np.asarray(boxes).round().astype(int)):
         crop = image[y1:y2, x1:x2].copy()
         crop[~m_np[i, y1:y2, x1:x2]] = fill
-        h, w = crop.shape[:2]
-        side = max(h, w)
-        square = np.empty((side, side, 3), dtype=np.uint8)
-        square[:] = fill
-        oy, ox = (side - h) // 2, (side - w) // 2
-        square[oy : oy + h, ox : ox + w] = crop
-        out[i] = np.asarray(Image.fromarray(square).resize((size, size), Image.BICUBIC))
+        if shape == "pad":
+            h, w = crop.shape[:2]
+            side = max(h, w)
+            square = np.empty((side, side, 3), dtype=np.uint8)
+            square[:] = fill
+            oy, ox = (side - h) // 2, (side - w) // 2
+            square[oy : oy + h, ox : ox + w] = crop
+            crop = square
+        out[i] = np.asarray(Image.fromarray(crop).resize((size, size), Image.BICUBIC))
     return out
 
 

@@ -5,9 +5,11 @@
    images) giving a class token and dense patch features (:mod:`ovlabel.models.clip`), and the patch
    features are re-assembled into one feature map of the whole image (overlaps averaged).
 2. *Object presence detection*: each crop votes for the vocabulary class whose text feature is most
-   similar to its class token; a class is present when it wins at least ``min_crops`` crops. (The paper
-   says "more than a predefined number of crops (set to 1)"; we read it, as the issue does, as "at least
-   N, N = 1", i.e. one winning crop suffices.)
+   similar to its class token; a class is present when it wins at least ``min_crops`` crops. The paper:
+   "An object is considered as present in the image if it has been assigned to more than a predefined
+   number of crops (set to 1 in our experiments)", i.e. at least 2 crops (``min_crops = 2``). A crop
+   whose area is mostly padding (less than ``min_valid`` of it on the image) does not vote: its class
+   token describes the padding colour as much as the image (ovlabel's choice, docs/stage1.1.md).
 3. *Pseudo mask generation*: for each present class the ``points_per_class`` (5) patches of the feature
    map most similar to its text feature become foreground point prompts; SAM runs once per image (one
    image embedding) with every present class's prompts in one decoder call, and each class keeps the mask
@@ -60,6 +62,17 @@ class CropPlan:
         xs = (np.arange(gw) + 0.5) * self.patch < self.resized[1]
         return ys[:, None] & xs[None, :]
 
+    def valid_fraction(self) -> np.ndarray:
+        """float64 ``(n_crops,)``: the fraction of each crop's area that lies on the image (``resized``),
+        the rest being bottom/right padding. Crop order as ``origins``."""
+        rh, rw = self.resized
+        out = np.empty(len(self.origins))
+        for j, (y, x) in enumerate(self.origins):
+            vy = min(max(rh - y, 0), self.crop)
+            vx = min(max(rw - x, 0), self.crop)
+            out[j] = vy * vx / (self.crop * self.crop)
+        return out
+
     def patch_centers(self, flat_index: torch.Tensor) -> torch.Tensor:
         """(x, y) centres, in original-image pixels, of patches given by flat grid index. Float32 ``(..., 2)``."""
         gw = self.grid[1]
@@ -94,15 +107,25 @@ def plan_crops(height: int, width: int, cfg: DetectConfig, input_size: int, patc
     return CropPlan((height, width), (rh, rw), padded, crop, stride, patch, origins)
 
 
-def vote_classes(cls_tokens: torch.Tensor, text: torch.Tensor, min_crops: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop voting. ``cls_tokens`` ``(n, D)`` and ``text`` ``(C, D)`` L2-normalised.
+def vote_classes(
+    cls_tokens: torch.Tensor, text: torch.Tensor, min_crops: int, voters: np.ndarray | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop voting (seed 003 §3.2, "Object presence detection"). ``cls_tokens`` ``(n, D)`` and ``text``
+    ``(C, D)`` L2-normalised; ``voters`` bool ``(n,)``: the crops allowed to vote (None = all).
 
-    Returns ``votes`` int64 ``(C,)`` (crops each class won) and ``present``: sorted class indices with
-    ``votes >= min_crops``. Ties go to the lower class index.
+    Returns ``votes`` int64 ``(C,)`` (voting crops each class won) and ``present``: sorted class indices
+    with ``votes >= min_crops``. Ties go to the lower class index.
     """
     best = (cls_tokens @ text.T).argmax(dim=1)
+    if voters is not None:
+        best = best[torch.as_tensor(np.asarray(voters, bool), device=best.device)]
     votes = torch.bincount(best, minlength=text.shape[0])
     return votes, torch.nonzero(votes >= min_crops).flatten()
+
+
+def crop_voters(plan: CropPlan, min_valid: float) -> np.ndarray:
+    """bool ``(n_crops,)``: the crops of ``plan`` with at least ``min_valid`` of their area on the image."""
+    return plan.valid_fraction() >= min_valid - 1e-12
 
 
 def assemble_feature_map(plan: CropPlan, crops: list[tuple[int, torch.Tensor]], dim: int, device) -> torch.Tensor:
@@ -200,7 +223,7 @@ class QuerySamWithClip:
 
     def query_sam(self, emb, plan: CropPlan, cls_tokens: torch.Tensor, fmap: torch.Tensor) -> DetectResult:
         """Crop voting, then one SAM decoder call with every present class's points on embedding ``emb``."""
-        votes, present = vote_classes(cls_tokens, self.text, self.cfg.min_crops)
+        votes, present = vote_classes(cls_tokens, self.text, self.cfg.min_crops, crop_voters(plan, self.cfg.min_valid))
         return DetectResult(self.query_points(emb, plan, present, fmap), votes.cpu().numpy(), present.cpu().numpy())
 
     def query_points(self, emb, plan: CropPlan, present: torch.Tensor, fmap: torch.Tensor) -> MaskSet:

@@ -8,11 +8,18 @@ Per image, with K classes in one prompt (§3):
    ``drop_patches`` highest patches among those remaining are zeroed in BLIP's input and GradCAM is
    recomputed on the remaining image; a dropped patch gets zero salience in every later iteration. The first
    iteration sees every patch; the output per class is the sum of its maps over the ``rounds`` iterations.
-3. Threshold (§3.3): each class map is min-max normalised to [0, 1] and upsampled (bilinear) to the image;
-   a pixel takes its highest class where that value reaches ``threshold``, else it is unlabeled.
-4. Blur + dense CRF (§3.3): the hard masks are smoothed by a Gaussian (std ``crf.blur_sigma`` of the short
-   side) into unary probabilities, with "unlabeled" as one more label, and a dense CRF with CutLER's
-   parameters decides each pixel (:mod:`ovlabel.crf`). Without the CRF, the blurred unaries' argmax.
+   Default 4 passes, the full image plus 3 drops: Tab. 5's "+ Drop 1", "+ Drop 2", "+ Drop 3" and the released
+   code's ``--drop_iter 4`` (letitiabanana/PnP-OVSS ``Run_seg.sh``, README).
+3. Threshold (§3.3) as the released code does it (``PnP_OVSS_0514_updated_segmentation.py``): each class map
+   is min-max normalised to [0, 1] at patch resolution only to decide where it reaches ``threshold``; the
+   *raw* salience is kept there and zeroed elsewhere, upsampled bilinearly (``align_corners=True``) to the
+   image, and a pixel takes the class with the highest raw value; where every class is zero it is
+   unlabeled (the code's background channel, ``max == 0``).
+4. Blur + dense CRF (§3.3), as the released code: every channel (the classes and the unlabeled/background
+   channel) is blurred with std ``crf.blur_sigma`` of the long side and min-max normalised; their softmax is
+   the CRF's unary (:func:`ovlabel.crf.unaries_from_salience`); a dense CRF with CutLER's parameters decides
+   each pixel. Without the CRF, the argmax of the blurred maps. ``unary="indicator"`` instead blurs the hard
+   0/1 masks of the label map and uses them as probabilities (the paper's sentence read literally).
 
 Every class of an image goes through one forward and one gradient pass per iteration; images batch.
 """
@@ -27,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovlabel.crf import UNLABELED, dense_crf, unaries_from_labels
+from ovlabel.crf import UNLABELED, dense_crf, unaries_from_labels, unaries_from_salience
 from ovlabel.errors import OvlabelError
 from ovlabel.masks import MaskSet
 from ovlabel.salience_config import SalienceConfig
@@ -100,31 +107,51 @@ def normalise(maps: np.ndarray) -> np.ndarray:
     return out.reshape(maps.shape)
 
 
-def hard_labels(norm: np.ndarray, classes, threshold: float, height: int, width: int) -> np.ndarray:
-    """Thresholded label map uint8 ``(height, width)`` from normalised maps ``norm`` ``(K, g, g)`` of the
-    vocabulary indices ``classes`` ``(K,)``: bilinear upsampling, the highest class per pixel where it
-    reaches ``threshold``, else 255."""
-    if not len(norm):
+def thresholded_maps(maps: np.ndarray, threshold: float) -> np.ndarray:
+    """The raw salience ``maps`` ``(K, g, g)`` where each class's min-max-normalised map reaches ``threshold``,
+    0 elsewhere (letitiabanana/PnP-OVSS ``PnP_OVSS_0514_updated_segmentation.py``:
+    ``drop_pred_map * thresholded_drop_map``). float32 ``(K, g, g)``."""
+    maps = np.asarray(maps, np.float32)
+    return maps * (normalise(maps) >= threshold)
+
+
+def upsample(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear upsampling of ``(K, g, g)`` maps to ``(K, height, width)`` with ``align_corners=True``, as the
+    released code. float32."""
+    if not len(maps):
+        return np.zeros((0, height, width), np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(maps, np.float32))[None]
+    return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=True)[0].numpy()
+
+
+def hard_labels(maps: np.ndarray, classes, threshold: float, height: int, width: int) -> np.ndarray:
+    """Thresholded label map uint8 ``(height, width)`` from raw salience ``maps`` ``(K, g, g)`` of the
+    vocabulary indices ``classes`` ``(K,)``: :func:`thresholded_maps`, :func:`upsample`, the class with the
+    highest raw value per pixel (ties: the lower index), 255 where every class is 0."""
+    if not len(maps):
         return np.full((height, width), UNLABELED, np.uint8)
-    up = F.interpolate(torch.from_numpy(np.ascontiguousarray(norm, np.float32))[None], size=(height, width),
-                       mode="bilinear", align_corners=False)[0]
-    value, best = up.max(dim=0)
-    out = np.asarray(classes, np.uint8)[best.numpy()]
-    out[value.numpy() < threshold] = UNLABELED
+    up = upsample(thresholded_maps(maps, threshold), height, width)
+    best = up.argmax(axis=0)
+    out = np.asarray(classes, np.uint8)[best]
+    out[up.max(axis=0) <= 0] = UNLABELED
     return out
 
 
 def postprocess(image: np.ndarray, maps: np.ndarray, classes, cfg: SalienceConfig, timings: Counter | None = None):
     """Threshold, blur and CRF (§3.3) for one image.
 
-    ``image`` RGB uint8 ``(H, W, 3)``; ``maps`` float ``(K, g, g)`` salience of the vocabulary indices
+    ``image`` RGB uint8 ``(H, W, 3)``; ``maps`` float ``(K, g, g)`` raw salience of the vocabulary indices
     ``classes``. Returns ``(label_map uint8 (H, W), confidence float32 (H, W), probs float32 (L, H, W),
     labels int32 (L,))``: the final labels (255 = unlabeled), the winning probability per pixel (the CRF
-    marginal, or the blurred unary without CRF), and the blurred unaries with their labels (255 last).
+    marginal, or the unary without CRF), and the unaries with their labels (255 last).
     """
     h, w = image.shape[:2]
-    hard = hard_labels(normalise(maps), classes, cfg.threshold, h, w)
-    probs, labels = unaries_from_labels(hard, cfg.crf)
+    hard = hard_labels(maps, classes, cfg.threshold, h, w)
+    if cfg.unary == "indicator" or not len(classes):
+        probs, labels = unaries_from_labels(hard, cfg.crf)
+    else:
+        kept = upsample(thresholded_maps(maps, cfg.threshold), h, w)
+        probs, labels = unaries_from_salience(kept, classes, cfg.crf)
     if not len(labels):
         return hard, np.ones((h, w), np.float32), probs, labels
     q = probs
@@ -199,7 +226,7 @@ class SalienceExtractor:
                 empty = (np.zeros((0, h, w), np.float32), np.zeros(0, np.int32))
                 results[i] = (MaskSet.empty(), np.full((h, w), UNLABELED, np.uint8), empty)
         if todo:
-            prompts = [self.blip.prompt(names[i]) for i in todo]
+            prompts = [self.blip.prompt(names[i], self.cfg.itm_token) for i in todo]
             maps = self.maps(self.prepare([images[i] for i in todo]), prompts)
             for i, m in zip(todo, maps):
                 final, conf, probs, labels = postprocess(images[i], m, classes[i], self.cfg, self.timings)

@@ -21,7 +21,7 @@ import torch
 from ovlabel.config import AutoMaskConfig, ClassifyConfig, DetectConfig
 from ovlabel.masks import SOURCE_STAGE_1_2, MaskSet
 from ovlabel.stages import automask, classify
-from ovlabel.stages.detect import QuerySamWithClip, vote_classes
+from ovlabel.stages.detect import QuerySamWithClip, crop_voters, vote_classes
 
 
 @dataclass
@@ -76,7 +76,8 @@ class Stage1:
             for offset, emb in enumerate(self.sam.embed(images[start : start + bs])):
                 i = start + offset
                 res = results[i]
-                votes, present = vote_classes(cls_tokens[i], self.text, det.cfg.min_crops)
+                voters = crop_voters(plans[i], det.cfg.min_valid)
+                votes, present = vote_classes(cls_tokens[i], self.text, det.cfg.min_crops, voters)
                 res.votes, res.present = votes.cpu().numpy(), present.cpu().numpy()
                 if "1.1" in needs[i]:
                     res.masks["1.1"] = det.query_points(emb, plans[i], present, fmaps[i])
@@ -108,7 +109,8 @@ class Stage1:
             p = classify.class_probabilities(feats, self.text[torch.as_tensor(present)], self.scale)
         if not cfg.needs_crops:
             return _finish(masks, p, present, cfg.top_k)
-        crops = classify.masked_crops(image, auto.masks, masks.boxes, self.clip.input_size, self.clip.fill_color)
+        crops = classify.masked_crops(image, auto.masks, masks.boxes, self.clip.input_size, self.clip.fill_color,
+                                      cfg.crop_shape)
         return _Pending(i, masks, p, present, crops)
 
     def _classify_crops(self, pending: list[_Pending], results: list[Stage1Result]) -> None:

@@ -136,8 +136,8 @@ def train(run_dir: str | Path, out: str | Path, cfg: TrainAlignConfig, models: d
         encoder = load_model(specs["dinov2"], device, precision)
         clip = load_model(parse_model(clip_name, "clip"), device, precision)
     data = load_train_set(
-        run_dir, cfg.resolution, encoder.patch_size, cfg.max_aspect, cfg.stage12_fraction, cfg.seed,
-        cfg.min_labelled, cfg.images, progress=cfg.progress,
+        run_dir, cfg.resolution, encoder.patch_size, cfg.max_aspect, cfg.min_labelled, cfg.images,
+        progress=cfg.progress,
     )
     from ovlabel.text import class_text_features
 
@@ -181,7 +181,8 @@ def train(run_dir: str | Path, out: str | Path, cfg: TrainAlignConfig, models: d
         for s in range(steps_per_epoch):
             batch = [data.images[i] for i in order[s * cfg.batch_size : (s + 1) * cfg.batch_size]]
             feats, labels = _batch_features(batch, encoder, cache, bad, summary, cfg, device)
-            loss, parts = _step(module, opt, feats, labels, lut, text, cfg.temperature, device, precision)
+            loss, parts = _step(module, opt, feats, labels, lut, text, cfg.temperature, device, precision,
+                                cfg.loss_norm)
             if loss is not None:  # a batch without two labelled patches (unreadable images) is no step
                 sched.step()
                 sums += (loss, parts["patch_text"], parts["patch_patch"])
@@ -242,8 +243,9 @@ def _batch_features(batch, encoder, cache: FeatureCache, bad: dict, summary: Tra
     return [feats[f] for f in keep], [labels[f] for f in keep]
 
 
-def _step(module, opt, feats, labels, lut, text, temperature, device, precision):
-    """One SGD step; returns ``(loss, parts)`` or ``(None, None)`` when the batch has < 2 labelled patches."""
+def _step(module, opt, feats, labels, lut, text, temperature, device, precision, loss_norm="batch"):
+    """One SGD step; returns ``(loss, parts)`` or ``(None, None)`` when the batch has < 2 labelled patches.
+    ``loss_norm``: :func:`ovlabel.loss.fmbseg_loss`'s normalisation (B·N = every patch of the batch)."""
     from ovlabel.device import autocast
 
     lab = np.concatenate([lut[np.where(x >= 0, x, len(lut) - 1)] for x in labels]) if labels else np.zeros(0, np.int64)
@@ -262,7 +264,7 @@ def _step(module, opt, feats, labels, lut, text, temperature, device, precision)
     z = z[valid].float()  # (sum N_i, D) in image order, matching ``lab``
     sel = torch.as_tensor(lab >= 0, device=device)
     y = torch.as_tensor(lab, device=device)[sel]
-    loss, parts = fmbseg_loss(z[sel], y, text, temperature)
+    loss, parts = fmbseg_loss(z[sel], y, text, temperature, loss_norm, total_patches=len(lab))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

@@ -1,11 +1,12 @@
 """Stage 2 training data from a pseudo-label run directory: per-patch pseudo labels (FMbSeg §3.3, §4.1).
 
-Each image's masks are painted into a label map the same way the run's ``labels/*.png`` are (ascending
-score, so the most confident mask wins overlaps), after FMbSeg's random subsampling of Stage 1.2 masks
-(§4.1: Stage 1.2 yields many more masks than Stage 1.1, so only a fraction of them is kept, chosen with a
-seeded generator per image, so the choice does not depend on image order). A patch then takes the class
-covering most of its pixels, provided labelled pixels cover at least ``min_labelled`` of it; other
-patches are ignored (label -1): "patches with no label are ignored".
+The run's masks are its merged masks: FMbSeg's random subsampling of Stage 1.2 masks (§4.1) already
+happened when the run was built (:mod:`ovlabel.merge`, the run's ``stage12_ratio``), so train-align samples
+nothing again. Each image's masks are painted into a label map exactly as the run's ``labels/*.png`` are,
+with the run's own ``paint`` policy (``settings.merge.paint``; ``score`` for runs without Stage 1.2). A patch
+then takes the class covering most of its pixels, provided labelled pixels cover at least
+``min_labelled`` of it; other patches are ignored (label -1). The paper does not describe patches without a
+label; ignoring them is ovlabel's choice (docs/stage2.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from ovlabel.artifacts import IGNORE_INDEX, RunLayout, read_manifest, read_masks
 from ovlabel.errors import OvlabelError
 from ovlabel.features import patch_grid
-from ovlabel.masks import SOURCE_STAGE_1_2, MaskSet
+from ovlabel.masks import MaskSet
 from ovlabel.vocab import Templates, VocabClass, Vocabulary
 
 
@@ -78,15 +79,9 @@ def read_run(run_dir: str | Path) -> tuple[RunLayout, dict]:
     return layout, run
 
 
-def subsample(masks: MaskSet, fraction: float, seed: int, sha256: str) -> MaskSet:
-    """Keep every non-Stage-1.2 mask and each Stage 1.2 mask with probability ``fraction`` (independent
-    draws from a generator seeded by ``seed`` and the image hash)."""
-    is12 = np.array([s == SOURCE_STAGE_1_2 for s in masks.source], dtype=bool)
-    if fraction >= 1.0 or not is12.any():
-        return masks
-    rng = np.random.default_rng([seed, int(sha256[:15], 16)])
-    draw = rng.random(len(masks)) < fraction
-    return masks.filter(~is12 | draw)
+def paint_policy(run: dict) -> str:
+    """The paint policy the run's label maps were painted with (``settings.merge.paint``, else ``score``)."""
+    return ((run.get("settings") or {}).get("merge") or {}).get("paint", "score")
 
 
 def patch_labels(label_map: np.ndarray, grid: tuple[int, int], min_labelled: float) -> np.ndarray:
@@ -121,31 +116,30 @@ def load_train_set(
     resolution: int,
     patch: int,
     max_aspect: float,
-    stage12_fraction: float,
-    seed: int,
     min_labelled: float,
     image_root: str | Path | None = None,
     progress: bool = False,
 ) -> TrainSet:
     """Patch labels for every labelled image of a pseudo-label run (images are not read here; their
-    content hash is checked when their features are computed)."""
+    content hash is checked when their features are computed). The run's masks are painted with its own
+    paint policy (:func:`paint_policy`)."""
     layout, run = read_run(run_dir)
     vocab = vocabulary_from_run(run)
     root = Path(image_root).expanduser().resolve() if image_root else Path(run["input"]["root"])
     rows = [r for r in read_manifest(layout.manifest) if r["status"] == "ok"]
     masks = read_masks(layout.masks)
+    paint = paint_policy(run)
     from tqdm import tqdm
 
     images, skipped = [], []
     for r in tqdm(rows, desc="patch labels", unit="img", disable=not progress, dynamic_ncols=True):
         ms = masks.get(r["image_id"], MaskSet.empty())
-        ms = subsample(ms, stage12_fraction, seed, r["sha256"])
         if not len(ms):
             skipped.append((r["file"], "no masks"))
             continue
         h, w = r["height"], r["width"]
         grid = patch_grid(h, w, resolution, patch, max_aspect)
-        labels = patch_labels(ms.label_map(h, w), grid, min_labelled)
+        labels = patch_labels(ms.label_map(h, w, policy=paint), grid, min_labelled)
         if not (labels >= 0).any():
             skipped.append((r["file"], "no patch is labelled"))
             continue
