@@ -33,6 +33,14 @@ def train_align(
     temperature: Annotated[float, typer.Option(help="Contrastive loss temperature.")] = _T.temperature,
     stage12_fraction: Annotated[float, typer.Option(help="Fraction of Stage 1.2 masks kept (random, seeded; FMbSeg 4.1).")] = _T.stage12_fraction,
     min_labelled: Annotated[float, typer.Option(help="A patch is trained on if labelled pixels cover at least this share of it.")] = _T.min_labelled,
+    head: Annotated[str, typer.Option(help="Stage 2 head: fmbseg (FMbSeg's alignment module) or fusioner (Fusioner's early fusion of patch and class tokens).")] = _T.head,
+    vision_encoder: Annotated[str, typer.Option(help="Frozen vision encoder: dinov2 (--dinov2) or clip (the image tower of --clip).")] = _T.vision_encoder,
+    text_encoder: Annotated[Optional[str], typer.Option(help="Frozen text encoder: clip (default), or a language-only transformers model: bert-base-uncased, bert:tiny, a save_pretrained folder.")] = None,
+    fusion_width: Annotated[int, typer.Option(help="Fusioner head: transformer width.")] = _T.fusion_width,
+    fusion_layers: Annotated[int, typer.Option(help="Fusioner head: transformer blocks.")] = _T.fusion_layers,
+    fusion_heads: Annotated[int, typer.Option(help="Fusioner head: attention heads.")] = _T.fusion_heads,
+    fusion_lr: Annotated[float, typer.Option(help="Fusioner head: AdamW learning rate (cosine-annealed).")] = _T.fusion_lr,
+    fusion_weight_decay: Annotated[float, typer.Option(help="Fusioner head: AdamW weight decay.")] = _T.fusion_weight_decay,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, image order and Stage 1.2 subsampling.")] = _T.seed,
     feature_cache: Annotated[Optional[str], typer.Option(help="Folder for cached fp16 encoder features ('none' to disable; default: the ovlabel cache).")] = None,
     encoder_batch: Annotated[int, typer.Option(help="Images per encoder forward when computing features.")] = _T.encoder_batch,
@@ -41,12 +49,15 @@ def train_align(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the checkpoint in --out from its last finished epoch.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ):
-    """Train FMbSeg's alignment module (Stage 2) on frozen DINOv2 features with a run's pseudo labels."""
+    """Train a Stage 2 head (FMbSeg's alignment module, or Fusioner's fusion module) on frozen vision and
+    text features with a run's pseudo labels."""
     cfg = _guard(lambda: TrainAlignConfig(
         models=models, dinov2=dinov2, clip=clip, images=str(images) if images else None, resolution=resolution,
         max_aspect=max_aspect, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
         weight_decay=weight_decay, temperature=temperature, stage12_fraction=stage12_fraction,
-        min_labelled=min_labelled, seed=seed, feature_cache=feature_cache, encoder_batch=encoder_batch,
+        min_labelled=min_labelled, head=head, vision_encoder=vision_encoder, text_encoder=text_encoder,
+        fusion_width=fusion_width, fusion_layers=fusion_layers, fusion_heads=fusion_heads, fusion_lr=fusion_lr,
+        fusion_weight_decay=fusion_weight_decay, seed=seed, feature_cache=feature_cache, encoder_batch=encoder_batch,
         device=device, precision=precision, resume=resume, progress=progress,
     ))
     _heavy_setup()

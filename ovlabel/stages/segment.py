@@ -89,10 +89,11 @@ class AlignedSegmenter:
         h, w = image.shape[:2]
         grid = patch_grid(h, w, self.resolution, self.encoder.patch_size, self.max_aspect)
         feats = self.encoder.encode(self.encoder.prepare(image, grid)[None])  # (1, rows, cols, D)
+        from ovlabel.stages.align import head_similarities
+
         with autocast(self.device, self.precision):
-            z = self.module(feats.reshape(1, grid[0] * grid[1], -1).to(self.device))[0]
-        z = F.normalize(z.float(), dim=-1)
-        return (self.text @ z.T).reshape(-1, *grid)
+            sim = head_similarities(self.module, feats.reshape(1, grid[0] * grid[1], -1).to(self.device), self.text)
+        return sim.reshape(-1, *grid)
 
     @torch.inference_mode()
     def predict(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,14 +142,11 @@ class _Lazy:
 
     def get(self) -> AlignedSegmenter:
         if self.stage is None:
-            from ovlabel.models.registry import load_model
+            from ovlabel.stages.encoders import load_stage2
             from ovlabel.text import class_text_features
 
-            if self.injected:
-                encoder, clip = self.injected["dinov2"], self.injected["clip"]
-            else:
-                encoder = load_model(self.specs["dinov2"], self.device, self.precision)
-                clip = load_model(self.specs["clip"], self.device, self.precision)
+            vision = self.config["vision_encoder"].get("family", "dinov2")  # Stage 2 encoders: ovlabel.stages.encoders
+            encoder, clip = load_stage2(self.specs, vision, self.device, self.precision, self.injected)
             _warn_if_other_weights(encoder.identity, self.config["vision_encoder"])
             _warn_if_other_weights(clip.identity, self.config["text_encoder"])
             text = class_text_features(clip, self.vocab, self.templates).to(self.device)
@@ -160,7 +158,7 @@ class _Lazy:
     def identities(self) -> dict | None:
         if self.stage is None:
             return None
-        return {"dinov2": self.stage.encoder.identity, "clip": self.clip.identity}
+        return {self.stage.encoder.identity["family"]: self.stage.encoder.identity, self.clip.identity["family"]: self.clip.identity}
 
     def stats(self) -> dict:
         return dict(self.stage.encoder.stats) if self.stage else {}
@@ -185,10 +183,10 @@ def run(inputs: str | Path, out: str | Path, cfg: SegmentConfig, models: dict | 
     from ovlabel.cache import file_sha256
     from ovlabel.io.images import discover_images
     from ovlabel.io.lock import remove_stale_temps, run_lock
-    from ovlabel.models.registry import parse_model
     from ovlabel.pipeline import RunSummary, _label_images, _PartStore, check_output_dir, settings_key
     from ovlabel.runinfo import finalize, recompute_reasons, start_run_json
     from ovlabel.stages.align import WEIGHTS_FILE, load_checkpoint
+    from ovlabel.stages.encoders import checkpoint_specs, model_names
     from ovlabel.vocab import Templates, load_templates, load_vocabulary
 
     if not cfg.classes.strip():
@@ -199,14 +197,8 @@ def run(inputs: str | Path, out: str | Path, cfg: SegmentConfig, models: dict | 
         templates = load_templates(cfg.templates)
     else:
         templates = Templates(name=config["templates"]["name"], templates=tuple(config["templates"]["templates"]))
-    if models:
-        specs, names = {}, {f: m.identity["spec"] for f, m in models.items()}
-    else:
-        specs = {
-            "dinov2": parse_model(cfg.dinov2 or config["vision_encoder"]["spec"], "dinov2"),
-            "clip": parse_model(cfg.clip or config["text_encoder"]["spec"], "clip"),
-        }
-        names = {f: s.name for f, s in specs.items()}
+    specs = checkpoint_specs(config, cfg.dinov2, cfg.clip)  # the families the checkpoint's head was trained on
+    names = model_names(specs, models)
     lazy = _Lazy(cfg, module, config, specs, vocab, templates, models)
     out = Path(out).expanduser().resolve()
     layout = RunLayout(out)
