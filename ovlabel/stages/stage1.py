@@ -64,8 +64,13 @@ class Stage1:
         self.automask_cfg, self.classify = automask_cfg, classify_cfg
         self.scale = float(clip.logit_scale)
 
-    def process(self, images: list[np.ndarray], needs: list[set[str]]) -> list[Stage1Result]:
-        """Run the stages ``needs[i]`` (subsets of {"1.1", "1.2"}) on RGB uint8 ``(H, W, 3)`` images."""
+    def process(self, images: list[np.ndarray], needs: list[set[str]], allowed: list | None = None) -> list[Stage1Result]:
+        """Run the stages ``needs[i]`` (subsets of {"1.1", "1.2"}) on RGB uint8 ``(H, W, 3)`` images.
+
+        ``allowed``: None, or parallel to ``images``: None or the vocabulary indices image ``i`` may
+        contain (its caption's classes, :func:`ovlabel.captions.captions_to_classes`); crops vote only
+        among those (:func:`~ovlabel.stages.detect.vote_classes`), so both stages label with them only."""
+        allowed = allowed if allowed is not None else [None] * len(images)
         det = self.detect
         plans = [det.plan(*img.shape[:2]) for img in images]
         cls_tokens, fmaps = det.clip_pass(images, plans)
@@ -76,7 +81,7 @@ class Stage1:
             for offset, emb in enumerate(self.sam.embed(images[start : start + bs])):
                 i = start + offset
                 res = results[i]
-                votes, present = vote_classes(cls_tokens[i], self.text, det.cfg.min_crops)
+                votes, present = vote_classes(cls_tokens[i], self.text, det.cfg.min_crops, allowed[i])
                 res.votes, res.present = votes.cpu().numpy(), present.cpu().numpy()
                 if "1.1" in needs[i]:
                     res.masks["1.1"] = det.query_points(emb, plans[i], present, fmaps[i])
