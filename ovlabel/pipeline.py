@@ -119,7 +119,12 @@ class _Models:
             crop_text = None
             if "1.2" in cfg.stages and cfg.classify.needs_crops:
                 crop_text = class_text_features(clip, self.vocab, load_templates(cfg.classify.templates))
-            self.stage = Stage1(clip, sam, text, cfg.detect, cfg.automask, cfg.classify, crop_text)
+            mpt = None
+            if crop_text is not None and cfg.classify.mpt:  # OVSeg §3.3 mask prompts (ovlabel.models.clip_mpt)
+                from ovlabel.models.clip_mpt import load_prompts
+
+                mpt = load_prompts(cfg.classify.mpt, clip)
+            self.stage = Stage1(clip, sam, text, cfg.detect, cfg.automask, cfg.classify, crop_text, mpt)
         return self.stage
 
     def identities(self) -> dict | None:

@@ -42,6 +42,7 @@ Classifier = Annotated[Optional[str], _opt("--classifier", f"Stage 1.2 mask clas
 EnsembleLambda = Annotated[Optional[float], _opt("--ensemble-lambda", "Weight of the masked-crop classifier in the ensemble p^(1-l)*p_crop^l.", _C.ensemble_lambda)]
 CropTemplates = Annotated[Optional[str], _opt("--crop-templates", "Templates of the masked-crop classifier (fmbseg, vild, imagenet or a file).", _C.templates)]
 TopK = Annotated[Optional[int], _opt("--top-k", "Class scores kept per Stage 1.2 mask.", _C.top_k)]
+Mpt = Annotated[Optional[str], _opt("--mpt", "Mask-prompt checkpoint from `ovlabel train-mpt` for the ovseg/ensemble classifier (OVSeg 3.3).", "none")]
 Ratio = Annotated[Optional[float], _opt("--stage12-ratio", "Fraction of each image's Stage 1.2 masks kept (seeded sample).", _M.stage12_ratio)]
 Seed = Annotated[Optional[int], _opt("--seed", "Seed of the Stage 1.2 sample.", _M.seed)]
 Paint = Annotated[Optional[str], _opt("--paint", f"Which mask wins overlapping pixels in label maps: {', '.join(PAINT_POLICIES)}.", _M.paint)]
@@ -53,7 +54,7 @@ def _given(**kw) -> dict:
 
 def _stage12(points_per_side, points_per_batch, pred_iou_thresh, stability_thresh, stability_offset,
              box_nms_thresh, min_area, max_area, min_region_area, classifier, ensemble_lambda, crop_templates,
-             top_k, stage12_ratio, seed, paint) -> dict[str, dict]:
+             top_k, stage12_ratio, seed, paint, mpt=None) -> dict[str, dict]:
     """The Stage 1.2 options given on the command line, as field overrides per config."""
     return {
         "automask": _given(
@@ -61,7 +62,7 @@ def _stage12(points_per_side, points_per_batch, pred_iou_thresh, stability_thres
             stability_score_thresh=stability_thresh, stability_score_offset=stability_offset,
             box_nms_thresh=box_nms_thresh, min_area=min_area, max_area=max_area, min_region_area=min_region_area,
         ),
-        "classify": _given(classifier=classifier, ensemble_lambda=ensemble_lambda, templates=crop_templates, top_k=top_k),
+        "classify": _given(classifier=classifier, ensemble_lambda=ensemble_lambda, templates=crop_templates, top_k=top_k, mpt=mpt),
         "merge": _given(stage12_ratio=stage12_ratio, seed=seed, paint=paint),
     }
 
@@ -100,13 +101,13 @@ def pseudo_label(
     stability_thresh: Stability = None, stability_offset: StabilityOffset = None, box_nms_thresh: BoxNms = None,
     min_area: MinArea = None, max_area: MaxArea = None, min_region_area: MinRegion = None,
     classifier: Classifier = None, ensemble_lambda: EnsembleLambda = None, crop_templates: CropTemplates = None,
-    top_k: TopK = None, stage12_ratio: Ratio = None, seed: Seed = None, paint: Paint = None,
+    top_k: TopK = None, stage12_ratio: Ratio = None, seed: Seed = None, paint: Paint = None, mpt: Mpt = None,
 ):
     """Label IMAGES with FMbSeg's Stage 1: CLIP crop detection and SAM queried with CLIP points (1.1), and
     SAM's automatic masks classified by CLIP (1.2), sharing one SAM image embedding per image."""
     over = _stage12(points_per_side, points_per_batch, pred_iou_thresh, stability_thresh, stability_offset,
                     box_nms_thresh, min_area, max_area, min_region_area, classifier, ensemble_lambda,
-                    crop_templates, top_k, stage12_ratio, seed, paint)
+                    crop_templates, top_k, stage12_ratio, seed, paint, mpt)
     cfg = _guard(lambda: PseudoLabelConfig(
         vocab=vocab, templates=templates, models=models, clip=clip, sam=sam, device=device, precision=precision,
         stages=stages,
@@ -139,14 +140,14 @@ def classify_masks_cmd(
     stability_thresh: Stability = None, stability_offset: StabilityOffset = None, box_nms_thresh: BoxNms = None,
     min_area: MinArea = None, max_area: MaxArea = None, min_region_area: MinRegion = None,
     classifier: Classifier = None, ensemble_lambda: EnsembleLambda = None, crop_templates: CropTemplates = None,
-    top_k: TopK = None, stage12_ratio: Ratio = None, seed: Seed = None, paint: Paint = None,
+    top_k: TopK = None, stage12_ratio: Ratio = None, seed: Seed = None, paint: Paint = None, mpt: Mpt = None,
 ):
     """Add Stage 1.2 (SAM automatic masks classified by CLIP) to an existing run, reusing its Stage 1.1
     masks, and rewrite its masks.parquet, coco.json and label maps atomically. Also re-merges a run's
     stages after a change of --stage12-ratio, --seed or --paint without recomputing anything."""
     over = _stage12(points_per_side, points_per_batch, pred_iou_thresh, stability_thresh, stability_offset,
                     box_nms_thresh, min_area, max_area, min_region_area, classifier, ensemble_lambda,
-                    crop_templates, top_k, stage12_ratio, seed, paint)
+                    crop_templates, top_k, stage12_ratio, seed, paint, mpt)
     _heavy_setup()
     from ovlabel.classify_masks import classify_masks
 

@@ -115,12 +115,16 @@ class ClassifyConfig:
       for ADE20K and 0.6 for Pascal VOC/Context.
     - ``templates``: prompt templates of the masked-crop classifier (OVSeg A.2: the 14 ViLD templates).
     - ``top_k``: class scores kept per mask.
+    - ``mpt``: a mask-prompt checkpoint folder written by ``ovlabel train-mpt`` (seed 002 §3.3: learned
+      tokens replace the blank patches of the masked crops; :mod:`ovlabel.models.clip_mpt`), used by the
+      ``ovseg`` and ``ensemble`` classifiers; None = plain CLIP. Runs are keyed on its weights' digest.
     """
 
     classifier: str = "fmbseg"
     ensemble_lambda: float = 0.7
     templates: str = "vild"
     top_k: int = 3
+    mpt: str | None = None
 
     def __post_init__(self):
         _check(self, [
@@ -139,6 +143,11 @@ class ClassifyConfig:
             del d["ensemble_lambda"]
         if not self.needs_crops:
             del d["templates"]
+        del d["mpt"]
+        if self.mpt and self.needs_crops:  # the weights, not their folder (a moved checkpoint keeps the key)
+            from ovlabel.stages.mpt import checkpoint_fingerprint
+
+            d["mpt"] = checkpoint_fingerprint(self.mpt)
         return d
 
 

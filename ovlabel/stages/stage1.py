@@ -42,6 +42,7 @@ class _Pending:
     p_fmbseg: torch.Tensor
     present: np.ndarray
     crops: np.ndarray
+    keep: torch.Tensor | None = None  # patches with mask pixels, for mask prompts (``mpt``)
 
 
 class Stage1:
@@ -50,13 +51,16 @@ class Stage1:
     ``clip``/``sam``: :class:`~ovlabel.models.clip.ClipModel` / :class:`~ovlabel.models.sam.SamModel`
     (or objects with the same methods); ``text``: L2-normalised class features ``(C, D)`` with the run's
     templates; ``crop_text``: the same with the masked-crop classifier's templates (needed only by the
-    ``ovseg`` and ``ensemble`` classifiers).
+    ``ovseg`` and ``ensemble`` classifiers); ``mpt``: a
+    :class:`~ovlabel.models.clip_mpt.MaskPromptClassifier` (OVSeg §3.3) that encodes the masked crops
+    instead of plain CLIP, or None.
     """
 
     def __init__(
         self, clip, sam, text: torch.Tensor, detect: DetectConfig, automask_cfg: AutoMaskConfig,
-        classify_cfg: ClassifyConfig, crop_text: torch.Tensor | None = None,
+        classify_cfg: ClassifyConfig, crop_text: torch.Tensor | None = None, mpt=None,
     ):
+        self.mpt = mpt
         if classify_cfg.needs_crops and crop_text is None:
             raise ValueError(f"classifier {classify_cfg.classifier!r} needs crop_text")
         self.detect = QuerySamWithClip(clip, sam, text, detect)
@@ -114,7 +118,12 @@ class Stage1:
         if not cfg.needs_crops:
             return _finish(masks, p, present, cfg.top_k)
         crops = classify.masked_crops(image, auto.masks, masks.boxes, self.clip.input_size, self.clip.fill_color)
-        return _Pending(i, masks, p, present, crops)
+        keep = None
+        if self.mpt is not None:
+            from ovlabel.models.clip_mpt import mask_crops, patch_keep
+
+            keep = patch_keep(mask_crops(auto.masks, masks.boxes, self.clip.input_size), self.clip.patch_size)
+        return _Pending(i, masks, p, present, crops, keep)
 
     def _classify_crops(self, pending: list[_Pending], results: list[Stage1Result]) -> None:
         """OVSeg probabilities for every pending image, with the crops of all of them in shared CLIP batches."""
@@ -125,7 +134,10 @@ class Stage1:
         for b in range(0, len(jobs), bs):
             chunk = jobs[b : b + bs]
             batch = torch.stack([self.clip.prepare(pending[k].crops[j], (size, size)) for k, j in chunk])
-            cls, _ = self.clip.encode_crops(batch)
+            if self.mpt is not None:
+                cls = self.mpt.encode(batch, torch.stack([pending[k].keep[j] for k, j in chunk]))
+            else:
+                cls, _ = self.clip.encode_crops(batch)
             for (k, _), c in zip(chunk, cls):
                 feats[k].append(c)
         cfg = self.classify
