@@ -145,7 +145,7 @@ def train(run_dir: str | Path, out: str | Path, cfg: MptConfig, clip=None) -> Mp
     from ovlabel import __version__
     from ovlabel.device import resolve_device, resolve_precision
     from ovlabel.io.atomic import write_json
-    from ovlabel.models.clip_mpt import MPT_FORMAT, MPT_VERSION, build_prompts, encode_masked, save_prompts
+    from ovlabel.models.clip_mpt import MPT_FORMAT, MPT_VERSION, save_prompts
     from ovlabel.stages.trainset import read_run, vocabulary_from_run
     from ovlabel.text import class_text_features
     from ovlabel.vocab import load_templates
@@ -166,14 +166,8 @@ def train(run_dir: str | Path, out: str | Path, cfg: MptConfig, clip=None) -> Mp
         clip = load_model(parse_model(name, "clip"), device, resolve_precision(cfg.precision, device))
     data = collect_crops(run_dir, clip.input_size, clip.patch_size, clip.fill_color, cfg, cfg.progress)
     text = class_text_features(clip, vocab, templates).to(clip.device)
-    prompts = build_prompts(clip, cfg.depth, cfg.seed)
-    opt = torch.optim.AdamW(prompts.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = math.ceil(len(data.labels) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
     summary = MptSummary(out, len(data.labels), sorted({vocab.names[i] for i in data.labels}), skipped=data.skipped)
-    labels = torch.as_tensor(data.labels, device=clip.device)
-    s = clip.input_size
-    config = {"format": MPT_FORMAT, "format_version": MPT_VERSION, "prompts": prompts.dims(), "clip": clip.identity,
+    config = {"format": MPT_FORMAT, "format_version": MPT_VERSION, "prompts": {"depth": cfg.depth}, "clip": clip.identity,
               "templates": templates.to_json(), "fill_color": list(clip.fill_color)}
     prov = {"ovlabel_version": __version__, "command": "train-mpt", "argv": sys.argv,
             "run": {"path": str(Path(run_dir).expanduser().resolve()), "settings_key": run.get("settings_key")},
@@ -181,29 +175,55 @@ def train(run_dir: str | Path, out: str | Path, cfg: MptConfig, clip=None) -> Mp
             "crops_per_class": {vocab.names[int(c)]: int(n) for c, n in zip(*np.unique(data.labels, return_counts=True))},
             "skipped_images": data.skipped,
             "substitute": "the run's most confident masked crops and their pseudo classes stand in for OVSeg's caption pairs"}
+
+    def save(prompts, history):
+        epoch = len(history)
+        save_prompts(out, prompts, config | {"prompts": prompts.dims(), "epoch": epoch, "epochs": cfg.epochs,
+                                             "classes_trained": summary.classes})
+        write_json(out / "train.json", prov | {"history": history, "status": "complete" if epoch == cfg.epochs else "running"})
+
+    _, summary.history = fit(clip, data.crops, data.keep, data.labels, text, cfg, on_epoch=save)
+    return summary
+
+
+def fit(clip, crops: np.ndarray, keep: torch.Tensor, labels: np.ndarray, text: torch.Tensor, cfg: MptConfig,
+        on_epoch=None):
+    """Learn mask prompts (OVSeg §4.1's optimiser, see the module docstring) for uint8 crops ``(N, S, S,
+    3)`` with patch masks ``keep`` ``(N, S/p, S/p)`` and class targets ``labels`` ``(N,)`` (rows of the
+    class features ``text`` ``(K, D)``). ``on_epoch(prompts, history)`` runs after every epoch.
+    Returns ``(prompts, history)``; CLIP stays frozen."""
+    from ovlabel.models.clip_mpt import build_prompts, encode_masked
+
+    prompts = build_prompts(clip, cfg.depth, cfg.seed)
+    opt = torch.optim.AdamW(prompts.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = math.ceil(len(labels) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
+    y_all = torch.as_tensor(labels, device=clip.device)
+    s = crops.shape[1]
+    history = []
     from tqdm import tqdm
 
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
-        order = torch.as_tensor(np.random.default_rng([cfg.seed, epoch]).permutation(len(data.labels)))
+        order = torch.as_tensor(np.random.default_rng([cfg.seed, epoch]).permutation(len(labels)))
         total, correct = 0.0, 0
         for st in tqdm(range(steps), desc=f"train-mpt {epoch + 1}/{cfg.epochs}", unit="step", disable=not cfg.progress):
             idx = order[st * cfg.batch_size : (st + 1) * cfg.batch_size]
-            x = torch.stack([clip.prepare(data.crops[i], (s, s)) for i in idx.tolist()])
-            logits = clip.logit_scale * encode_masked(clip, x, data.keep[idx], prompts) @ text.T
-            loss = F.cross_entropy(logits, labels[idx.to(labels.device)])
+            x = torch.stack([clip.prepare(crops[i], (s, s)) for i in idx.tolist()])
+            y = y_all[idx.to(y_all.device)]
+            logits = clip.logit_scale * encode_masked(clip, x, keep[idx], prompts) @ text.T
+            loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == labels[idx.to(labels.device)]).sum())
-        summary.history.append({"epoch": epoch + 1, "loss": total / len(order), "accuracy": correct / len(order),
-                                "lr_end": float(sched.get_last_lr()[0]), "seconds": round(time.perf_counter() - t0, 3)})
-        save_prompts(out, prompts, config | {"epoch": epoch + 1, "epochs": cfg.epochs, "classes_trained": summary.classes})
-        write_json(out / "train.json", prov | {"history": summary.history,
-                                               "status": "complete" if epoch + 1 == cfg.epochs else "running"})
-    return summary
+            correct += int((logits.argmax(1) == y).sum())
+        history.append({"epoch": epoch + 1, "loss": total / len(order), "accuracy": correct / len(order),
+                        "lr_end": float(sched.get_last_lr()[0]), "seconds": round(time.perf_counter() - t0, 3)})
+        if on_epoch is not None:
+            on_epoch(prompts, history)
+    return prompts, history
 
 
 def checkpoint_fingerprint(ckpt: str | Path) -> dict:
