@@ -152,7 +152,7 @@ def test_crops_vote_among_the_allowed_classes_only():
 
 
 def test_stage1_labels_each_image_with_its_allowed_classes():
-    from test_stage12 import RED, GREEN, BLUE, make_stage1
+    from test_stage12 import BLUE, GREEN, RED, make_stage1
 
     stage, _, _ = make_stage1("fmbseg")
     image = blocks_image(64, 96, [RED, GREEN, BLUE])

@@ -164,12 +164,9 @@ def train_step(module, opt, feats, labels, lut, text, temperature, device, preci
         y[i, : len(lab)] = torch.from_numpy(lut[np.where(lab >= 0, lab, len(lut) - 1)])
     if int((y >= 0).sum()) < 2:
         return None, None
-    x = torch.zeros(len(feats), n_max, feats[0].shape[-1], device=device)
-    valid = torch.zeros(len(feats), n_max, dtype=torch.bool, device=device)
-    for i, f in enumerate(feats):
-        n = f.shape[0] * f.shape[1]
-        x[i, :n] = f.reshape(n, -1)
-        valid[i, :n] = True
+    from ovlabel.stages.align import pad_batch
+
+    x, valid = pad_batch(feats, device)
     module.train()
     with autocast(device, precision):
         patches, classes = module(x, text, valid if len(feats) > 1 else None)

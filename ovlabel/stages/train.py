@@ -1,5 +1,9 @@
 """``train-align``: train FMbSeg's alignment module (seed 003 §3.3) on a pseudo-label run, encoders frozen.
 
+``--head fusioner`` trains Fusioner's fusion module instead (seed 000; :mod:`ovlabel.stages.fusioner`:
+AdamW and a cross-entropy over the classes, same data, batches, features and checkpoints), and the
+encoders may be CLIP's image tower or a BERT-style text model (:mod:`ovlabel.stages.encoders`).
+
 Each step takes ``batch_size`` images (FMbSeg §4.1: 5), reads their frozen DINOv2 patch features (from
 the fp16 feature cache, computing and storing the missing ones), runs the module over each image's
 patches, and minimises :func:`ovlabel.loss.fmbseg_loss` over every labelled patch of the batch against
@@ -260,13 +264,7 @@ def _step(module, opt, feats, labels, lut, text, temperature, device, precision)
     lab = np.concatenate([lut[np.where(x >= 0, x, len(lut) - 1)] for x in labels]) if labels else np.zeros(0, np.int64)
     if (lab >= 0).sum() < 2:
         return None, None
-    n_max = max(f.shape[0] * f.shape[1] for f in feats)
-    x = torch.zeros(len(feats), n_max, feats[0].shape[-1], device=device)
-    valid = torch.zeros(len(feats), n_max, dtype=torch.bool, device=device)
-    for i, f in enumerate(feats):
-        n = f.shape[0] * f.shape[1]
-        x[i, :n] = f.reshape(n, -1)
-        valid[i, :n] = True
+    x, valid = ck.pad_batch(feats, device)
     module.train()
     with autocast(device, precision):
         z = module(x, valid if len(feats) > 1 else None)
