@@ -10,8 +10,8 @@ Captions file: JSON lines (``.jsonl``/``.ndjson``/``.json``: one object per line
 ``caption`` field) or CSV (``.csv``/``.tsv``: a header row naming an ``image`` and a ``caption`` column),
 UTF-8 with or without a byte-order mark. ``file``, ``file_name`` and ``filename`` are accepted for
 ``image``. An image may have several rows (COCO has five captions per image): its entities are the union.
-``image`` is the image's path relative to the input root (``/`` or ``\\`` separators), or its file name
-when that name is unique among the input images.
+``image`` is the image's path relative to the input root (``/`` or ``\\`` separators); a row that matches
+no such path is matched by its file name when that name is unique among the input images.
 
 The rule for images the captions say nothing about (ovlabel's choice; the seeds filter such images out
 of their training sets, but a labelling run must say what it does with every image): an image with no
@@ -210,13 +210,13 @@ def captions_to_classes(captions_file: str | Path, vocab, image_rels: list[str],
     m = _matcher(extra=[s for c in vocab.classes for s in c.synonyms], parser=parser)
     keys = class_keys(vocab)
     rels = {_norm_image(r): r for r in image_rels}
-    names = Counter(PurePosixPath(r).name for r in rels)
-    by_name = {PurePosixPath(r).name: r for r in rels if names[PurePosixPath(r).name] == 1}
+    names = Counter(PurePosixPath(k).name for k in rels)
+    by_name = {PurePosixPath(k).name: r for k, r in rels.items() if names[PurePosixPath(k).name] == 1}
     found: dict[str, set[int]] = {}
     nonempty: set[str] = set()
     unmatched = []
     for row in rows:
-        rel = rels.get(row.image) or by_name.get(row.image)
+        rel = rels.get(row.image) or by_name.get(PurePosixPath(row.image).name)
         if rel is None:
             unmatched.append(f"line {row.line}: {row.image}")
             continue
