@@ -62,7 +62,8 @@ def _stage12(points_per_side, points_per_batch, pred_iou_thresh, stability_thres
             stability_score_thresh=stability_thresh, stability_score_offset=stability_offset,
             box_nms_thresh=box_nms_thresh, min_area=min_area, max_area=max_area, min_region_area=min_region_area,
         ),
-        "classify": _given(classifier=classifier, ensemble_lambda=ensemble_lambda, templates=crop_templates, top_k=top_k, mpt=mpt),
+        "classify": _given(classifier=classifier, ensemble_lambda=ensemble_lambda, templates=crop_templates, top_k=top_k,
+                           mpt=str(Path(mpt).expanduser().resolve()) if mpt else None),
         "merge": _given(stage12_ratio=stage12_ratio, seed=seed, paint=paint),
     }
 
