@@ -20,7 +20,7 @@ from ovlabel.models.clip_mpt import build_prompts, encode_masked, load_prompts, 
 from ovlabel.models.registry import load_model, parse_model
 from ovlabel.stages.classify import masked_crops
 from ovlabel.stages.mpt import crop_logits, fit, select_masks
-from scenes import masks_of, write_images, write_run
+from scenes import VOCAB, masks_of, write_images, write_run
 
 CPU = torch.device("cpu")
 runner = CliRunner()
@@ -145,6 +145,15 @@ def test_train_mpt_on_a_run_and_use_it_in_the_ovseg_classifier(tmp_path, tiny_cl
     crops, keep, _ = blob_crops(tiny_clip, 2, seed=3)
     x = torch.stack([tiny_clip.prepare(c, (224, 224)) for c in crops])
     assert torch.allclose(classifier.encode(x, keep), encode_masked(tiny_clip, x, keep, classifier.prompts))
+
+    from fakes import FakeSam
+    from ovlabel.config import PseudoLabelConfig
+    from ovlabel.pipeline import _Models
+    from ovlabel.vocab import load_templates, load_vocabulary
+
+    cfg = PseudoLabelConfig(classify=ClassifyConfig(classifier="ovseg", mpt=str(ckpt)))
+    stage = _Models(cfg, {}, load_vocabulary(VOCAB), load_templates("fmbseg"), {"clip": tiny_clip, "sam": FakeSam()}).get()
+    assert torch.equal(stage.mpt.prompts.prompts, classifier.prompts.prompts)  # pseudo-label --mpt loads them
 
 
 def test_mask_prompt_checkpoints_load_safely(tmp_path, tiny_clip):
