@@ -17,10 +17,11 @@ from ovlabel.config.stage1 import (
     PseudoLabelConfig,
     parse_stages,
 )
+from ovlabel.config.mpt import MptConfig
 from ovlabel.config.stage2 import SegmentConfig, TrainAlignConfig
 
 __all__ = [
     "CLASSIFIERS", "EXECUTORS", "GT_LAYOUTS", "ModelRunConfig", "RunConfig", "PAINT_POLICIES", "STAGES", "AutoMaskConfig", "CRFConfig", "ClassifyConfig",
-    "DetectConfig", "EvalConfig", "MergeConfig", "PseudoLabelConfig", "RefineConfig", "SegmentConfig",
+    "DetectConfig", "EvalConfig", "MergeConfig", "MptConfig", "PseudoLabelConfig", "RefineConfig", "SegmentConfig",
     "TrainAlignConfig", "_check", "default_workers", "parse_stages",
 ]

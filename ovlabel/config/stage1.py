@@ -116,6 +116,13 @@ class AutoMaskConfig:
 
 
 CLASSIFIERS = ("fmbseg", "ovseg", "ensemble")
+
+
+def _absolute(path: str) -> str:
+    """A folder given on the command line, made absolute (it is recorded in run.json and reused from there)."""
+    from pathlib import Path
+
+    return str(Path(path).expanduser().resolve())
 CROP_SHAPES = ("stretch", "pad")
 
 
@@ -134,6 +141,9 @@ class ClassifyConfig:
       ``open_vocab_seg/modeling/clip_adapter/adapter.py``: ``F.interpolate(r, size=(224, 224))``) or ``pad``
       (centred on a square of the fill colour first, so the object keeps its aspect ratio: ovlabel's option).
     - ``top_k``: class scores kept per mask.
+    - ``mpt``: a mask-prompt checkpoint folder written by ``ovlabel train-mpt`` (seed 002 §3.3: learned
+      tokens replace the blank patches of the masked crops; :mod:`ovlabel.models.clip_mpt`), used by the
+      ``ovseg`` and ``ensemble`` classifiers; None = plain CLIP. Runs are keyed on its weights' digest.
     """
 
     classifier: str = knob("fmbseg", help=f"Stage 1.2 mask classifier: {', '.join(CLASSIFIERS)}.")
@@ -143,6 +153,8 @@ class ClassifyConfig:
     crop_shape: str = knob("stretch", help="Masked crop to CLIP's square input: stretch (OVSeg's code) or pad (keep "
                            "the aspect ratio).")
     top_k: int = knob(3, help="Class scores kept per Stage 1.2 mask.")
+    mpt: str | None = knob(None, help="Mask-prompt checkpoint from `ovlabel train-mpt` for the ovseg/ensemble "
+                           "classifier (OVSeg 3.3).", parse=_absolute)
 
     def __post_init__(self):
         _check(self, [
@@ -162,6 +174,11 @@ class ClassifyConfig:
             del d["ensemble_lambda"]
         if not self.needs_crops:
             del d["templates"], d["crop_shape"]
+        del d["mpt"]
+        if self.mpt and self.needs_crops:  # the weights, not their folder (a moved checkpoint keeps the key)
+            from ovlabel.stages.mpt import checkpoint_fingerprint
+
+            d["mpt"] = checkpoint_fingerprint(self.mpt)
         return d
 
 

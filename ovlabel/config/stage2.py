@@ -27,6 +27,18 @@ class TrainAlignConfig:
     ``benchmarks/loss_norm.py``).
     ``feature_cache``: a folder for fp16 encoder features, ``"none"`` to keep none, None = the ovlabel
     cache. ``resume`` continues the checkpoint in ``out`` from its last finished epoch.
+
+    Heads and encoders (Fusioner, seed 000; :mod:`ovlabel.stages.fusioner`, :mod:`ovlabel.stages.encoders`):
+
+    - ``head``: ``fmbseg`` (FMbSeg's alignment module, default) or ``fusioner`` (early fusion of patch
+      and class tokens). Recorded in the checkpoint; ``segment`` picks the head from it.
+    - ``vision_encoder``: ``dinov2`` (the ``dinov2`` model, default) or ``clip`` (the image tower of the
+      ``clip`` model, Fusioner's read-out).
+    - ``text_encoder``: None/``clip`` (CLIP's text tower) or a language-only transformers model:
+      ``bert:tiny``, ``bert-base-uncased`` (any Hub repo id), or a ``save_pretrained`` folder.
+    - ``fusion_width``/``fusion_layers``/``fusion_heads``: the fusion transformer (Fusioner's released
+      configs: 512, 12, 8); ``fusion_lr``/``fusion_weight_decay``: its AdamW (released: 1e-3, 0.01);
+      ``lr``/``momentum``/``weight_decay`` are the FMbSeg head's SGD settings and do not apply to it.
     """
 
     models: str = knob("default", help="Model preset for the vision encoder: 'default' (dinov2:dinov2_vitl14) or 'tiny'.")
@@ -49,6 +61,17 @@ class TrainAlignConfig:
     min_labelled: float = knob(0.5, help="A patch is trained on if labelled pixels cover at least this share of it.")
     num_heads: int | None = knob(None, help="Attention heads of the alignment block.", shown="embedding dim / 64")
     mlp_ratio: float = knob(4.0, help="Hidden size of the alignment block's MLP, times its width.")
+    head: str = knob("fmbseg", help="Stage 2 head: fmbseg (FMbSeg's alignment module) or fusioner (Fusioner's early "
+                     "fusion of patch and class tokens).")
+    vision_encoder: str = knob("dinov2", help="Frozen vision encoder: dinov2 (--dinov2) or clip (the image tower of "
+                               "--clip).")
+    text_encoder: str | None = knob(None, help="Frozen text encoder: clip, or a language-only transformers model: "
+                                    "bert-base-uncased, bert:tiny, a save_pretrained folder.", shown="clip")
+    fusion_width: int = knob(512, help="Fusioner head: transformer width.")
+    fusion_layers: int = knob(12, help="Fusioner head: transformer blocks.")
+    fusion_heads: int = knob(8, help="Fusioner head: attention heads.")
+    fusion_lr: float = knob(1e-3, help="Fusioner head: AdamW learning rate (cosine-annealed).")
+    fusion_weight_decay: float = knob(0.01, help="Fusioner head: AdamW weight decay.")
     seed: int = knob(0, help="Seed for initialisation and image order.")
     feature_cache: str | None = knob(None, help="Folder for cached fp16 encoder features ('none' to disable).",
                                      shown="the ovlabel cache")
@@ -59,6 +82,8 @@ class TrainAlignConfig:
     progress: bool = knob(True, help="Show a progress bar.")
 
     def __post_init__(self):
+        if self.text_encoder in ("", "clip"):
+            self.text_encoder = None  # CLIP's text tower
         _check(self, [
             (self.resolution >= 14, "resolution", "an integer >= 14 (px)"),
             (self.max_aspect >= 1.0, "max_aspect", "a number >= 1"),
@@ -73,12 +98,27 @@ class TrainAlignConfig:
             (self.num_heads is None or self.num_heads >= 1, "num_heads", "an integer >= 1"),
             (self.mlp_ratio > 0, "mlp_ratio", "a number > 0"),
             (self.encoder_batch >= 1, "encoder_batch", "an integer >= 1"),
+            (self.head in ("fmbseg", "fusioner"), "head", "fmbseg or fusioner"),
+            (self.vision_encoder in ("dinov2", "clip"), "vision_encoder", "dinov2 or clip"),
+            (self.fusion_width >= 1 and self.fusion_heads >= 1 and self.fusion_width % self.fusion_heads == 0,
+             "fusion_width", f"a multiple of fusion_heads={self.fusion_heads}"),
+            (self.fusion_layers >= 1, "fusion_layers", "an integer >= 1"),
+            (self.fusion_lr > 0, "fusion_lr", "a number > 0"),
+            (self.fusion_weight_decay >= 0, "fusion_weight_decay", "a number >= 0"),
         ])
 
     def result_params(self) -> dict:
-        """Parameters that change the trained weights (a checkpoint's settings fingerprint)."""
+        """Parameters that change the trained weights (a checkpoint's settings fingerprint). The head and
+        encoder choices appear only when they differ from FMbSeg's (so older checkpoints keep their key);
+        the fusion settings only with the Fusioner head, the SGD settings only with FMbSeg's."""
         d = asdict(self)
         for k in ("models", "dinov2", "clip", "images", "feature_cache", "encoder_batch", "device", "precision", "resume", "progress"):
+            del d[k]
+        for k, default in (("head", "fmbseg"), ("vision_encoder", "dinov2"), ("text_encoder", None)):
+            if d[k] == default:
+                del d[k]
+        fusion = [k for k in d if k.startswith("fusion_")]
+        for k in (fusion if self.head == "fmbseg" else ["lr", "momentum", "weight_decay", "num_heads", "mlp_ratio"]):
             del d[k]
         return d
 

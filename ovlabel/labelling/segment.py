@@ -30,22 +30,19 @@ def _warn_if_other_weights(loaded: dict, trained: dict) -> None:
 
 
 class SegmentWorker(Worker):
-    """DINOv2, the alignment module and the class text features on one device."""
+    """The checkpoint's vision and text encoders, its head and the class text features on one device."""
 
     def __init__(self, stage: "SegmentStage", device: str, models: dict | None = None):
         from ovlabel.device import resolve_device, resolve_precision
-        from ovlabel.models.registry import load_model
+        from ovlabel.stages.encoders import load_stage2
         from ovlabel.stages.segment import AlignedSegmenter
         from ovlabel.text import class_text_features
 
         cfg, config = stage.cfg, stage.ckpt_config
         self.device = resolve_device(device)
         self.precision = resolve_precision(cfg.precision, self.device)
-        if models:
-            encoder, clip = models["dinov2"], models["clip"]
-        else:
-            encoder = load_model(stage.specs["dinov2"], self.device, self.precision)
-            clip = load_model(stage.specs["clip"], self.device, self.precision)
+        vision = config["vision_encoder"].get("family", "dinov2")  # Stage 2 encoders: ovlabel.stages.encoders
+        encoder, clip = load_stage2(stage.specs, vision, self.device, self.precision, models)
         from ovlabel.stages.segment_infer import queries
 
         _warn_if_other_weights(encoder.identity, config["vision_encoder"])
@@ -65,7 +62,7 @@ class SegmentWorker(Worker):
         return [Output(r.masks, img.shape[:2]) for r, img in zip(results, images)]
 
     def identities(self) -> dict:
-        return {"dinov2": self.segmenter.encoder.identity, "clip": self.clip.identity}
+        return {m.identity["family"]: m.identity for m in (self.segmenter.encoder, self.clip)}
 
     def stats(self):
         return self.segmenter.encoder.stats
@@ -77,8 +74,8 @@ class SegmentStage(Stage):
     def __init__(self, cfg: SegmentConfig, models: dict | None = None):
         from ovlabel.cache import file_sha256
         from ovlabel.device import resolve_device, resolve_precision
-        from ovlabel.models.registry import parse_model
         from ovlabel.stages.align import WEIGHTS_FILE, load_checkpoint
+        from ovlabel.stages.encoders import checkpoint_specs, model_names
         from ovlabel.stages.segment_infer import resolve
         from ovlabel.vocab import Templates, load_templates, load_vocabulary
 
@@ -93,14 +90,8 @@ class SegmentStage(Stage):
             self.templates = load_templates(cfg.templates)
         else:
             self.templates = Templates(name=config["templates"]["name"], templates=tuple(config["templates"]["templates"]))
-        if models:
-            self.specs, names = {}, {f: m.identity["spec"] for f, m in models.items()}
-        else:
-            self.specs = {
-                "dinov2": parse_model(cfg.dinov2 or config["vision_encoder"]["spec"], "dinov2"),
-                "clip": parse_model(cfg.clip or config["text_encoder"]["spec"], "clip"),
-            }
-            names = {f: s.name for f, s in self.specs.items()}
+        self.specs = checkpoint_specs(config, cfg.dinov2, cfg.clip)  # the families the checkpoint's head was trained on
+        names = model_names(self.specs, models)
         resolve_precision(cfg.precision, resolve_device(cfg.device))  # a bad --device fails before any work
         weights = Path(cfg.checkpoint).expanduser().resolve() / WEIGHTS_FILE
         settings = {

@@ -96,7 +96,12 @@ class Stage1Worker(Worker):
         crop_text = None
         if "1.2" in cfg.stages and cfg.classify.needs_crops:
             crop_text = class_text_features(clip, stage.vocab, load_templates(cfg.classify.templates))
-        self.stage1 = Stage1(clip, sam, text, cfg.detect, cfg.automask, cfg.classify, crop_text)
+        mpt = None
+        if crop_text is not None and cfg.classify.mpt:  # OVSeg §3.3 mask prompts (ovlabel.models.clip_mpt)
+            from ovlabel.models.clip_mpt import load_prompts
+
+            mpt = load_prompts(cfg.classify.mpt, clip)
+        self.stage1 = Stage1(clip, sam, text, cfg.detect, cfg.automask, cfg.classify, crop_text, mpt)
 
     def process(self, images, works) -> list[Output]:
         import torch

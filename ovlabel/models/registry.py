@@ -90,8 +90,8 @@ class ModelSpec:
     def name(self) -> str:
         if self.kind == "tiny":
             return f"{self.family}:tiny"
-        if self.family == "blip" and self.kind == "pretrained":
-            return f"blip:{self.arch}"
+        if self.family in ("blip", "bert") and self.kind == "pretrained":
+            return f"{self.family}:{self.arch}"
         return f"{self.family}:{self.arch}/{self.weights or self.kind}"
 
     @property

@@ -10,7 +10,9 @@ feature is a cosine similarity.
 Checkpoint folder (written by ``train-align``, read by ``segment``)::
 
     CKPT/align.safetensors        the module's weights; its metadata holds the config below as JSON
-    CKPT/config.json              the same config, readable: module dimensions, the vision and text
+    CKPT/config.json              the same config, readable: ``head`` (``fmbseg``, this module, or
+                                  ``fusioner``, :mod:`ovlabel.stages.fusioner`; a checkpoint without the
+                                  field is FMbSeg's), module dimensions, the vision and text
                                   encoders (model strings and weight identities), templates, resolution,
                                   temperature, epoch. No vocabulary: any classes work at test time.
     CKPT/train_state.safetensors  weights + optimizer + scheduler state for ``--resume``
@@ -34,6 +36,8 @@ from ovlabel.errors import OvlabelError
 from ovlabel.io.atomic import atomic_path, write_json
 
 CHECKPOINT_FORMAT = "ovlabel-align"
+#: Stage 2 heads: FMbSeg's alignment module (this module) and Fusioner's fusion module.
+HEADS = ("fmbseg", "fusioner")
 CHECKPOINT_VERSION = 1
 WEIGHTS_FILE = "align.safetensors"
 CONFIG_FILE = "config.json"
@@ -90,7 +94,44 @@ def build_module(dims: dict, seed: int) -> AlignmentModule:
         return AlignmentModule(dims["in_dim"], dims["out_dim"], dims.get("num_heads"), dims.get("mlp_ratio", 4.0))
 
 
-def save_weights(ckpt: Path, module: AlignmentModule, config: dict) -> None:
+def pad_batch(feats: list[torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch features of several images (each float ``(rows, cols, D)``) as one zero-padded batch
+    ``(B, N_max, D)`` on ``device`` and its mask of real tokens, bool ``(B, N_max)``."""
+    n_max = max(f.shape[0] * f.shape[1] for f in feats)
+    x = torch.zeros(len(feats), n_max, feats[0].shape[-1], device=device)
+    valid = torch.zeros(len(feats), n_max, dtype=torch.bool, device=device)
+    for i, f in enumerate(feats):
+        n = f.shape[0] * f.shape[1]
+        x[i, :n] = f.reshape(n, -1)
+        valid[i, :n] = True
+    return x, valid
+
+
+def head_similarities(module: nn.Module, feats: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every patch of one image with every class, for either head: ``feats`` float
+    ``(1, N, D)`` frozen patch features, ``text`` float32 ``(C, T)`` L2-normalised class features.
+    Returns float32 ``(C, N)``. FMbSeg's module maps patches into the text space; Fusioner's fuses
+    patches and classes first (:meth:`ovlabel.stages.fusioner.FusionModule.similarities`)."""
+    if getattr(module, "head", "fmbseg") == "fusioner":
+        return module.similarities(feats, text).float()
+    z = F.normalize(module(feats)[0].float(), dim=-1)
+    return text.float() @ z.T
+
+
+def build_head(config: dict, seed: int) -> nn.Module:
+    """A freshly initialised module of the checkpoint config's ``head`` (absent = ``fmbseg``) with its
+    ``module`` dimensions."""
+    head = config.get("head", "fmbseg")
+    if head == "fusioner":
+        from ovlabel.stages.fusioner import build
+
+        return build(config["module"], seed)
+    if head != "fmbseg":
+        raise OvlabelError(f"unknown Stage 2 head {head!r}: this ovlabel knows {', '.join(HEADS)}")
+    return build_module(config["module"], seed)
+
+
+def save_weights(ckpt: Path, module: nn.Module, config: dict) -> None:
     """Write ``align.safetensors`` (config embedded as metadata) and its readable copy ``config.json``."""
     from safetensors.torch import save_file
 
@@ -110,8 +151,9 @@ def missing_checkpoint_message(ckpt) -> str:
     )
 
 
-def load_checkpoint(ckpt: str | Path | None, device) -> tuple[AlignmentModule, dict]:
-    """Load ``CKPT/align.safetensors``: the module (eval mode, frozen, on ``device``) and its config.
+def load_checkpoint(ckpt: str | Path | None, device) -> tuple[nn.Module, dict]:
+    """Load ``CKPT/align.safetensors``: the module of its ``head`` (eval mode, frozen, on ``device``) and
+    its config. Only tensors and JSON are read (safetensors), nothing is unpickled.
 
     Raises :class:`OvlabelError` with the steps to train one when there is no checkpoint.
     """
@@ -134,6 +176,6 @@ def load_checkpoint(ckpt: str | Path | None, device) -> tuple[AlignmentModule, d
             f"'{path}' has format {config.get('format')!r} v{config.get('format_version')!r}; this ovlabel reads "
             f"{CHECKPOINT_FORMAT} v{CHECKPOINT_VERSION}"
         )
-    module = build_module(config["module"], seed=0)
+    module = build_head(config, seed=0)
     module.load_state_dict(state)
     return module.eval().requires_grad_(False).to(device), config

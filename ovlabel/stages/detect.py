@@ -108,18 +108,30 @@ def plan_crops(height: int, width: int, cfg: DetectConfig, input_size: int, patc
 
 
 def vote_classes(
-    cls_tokens: torch.Tensor, text: torch.Tensor, min_crops: int, voters: np.ndarray | None = None
+    cls_tokens: torch.Tensor, text: torch.Tensor, min_crops: int, voters: np.ndarray | None = None, allowed=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop voting (seed 003 §3.2, "Object presence detection"). ``cls_tokens`` ``(n, D)`` and ``text``
     ``(C, D)`` L2-normalised; ``voters`` bool ``(n,)``: the crops allowed to vote (None = all).
 
+    ``allowed``: None (every class may win), or the vocabulary indices this image may contain (e.g. the
+    classes its caption names, :func:`ovlabel.captions.captions_to_classes`): each crop then votes for
+    the most similar *allowed* class, and an empty list means no class is present.
     Returns ``votes`` int64 ``(C,)`` (voting crops each class won) and ``present``: sorted class indices
     with ``votes >= min_crops``. Ties go to the lower class index.
     """
-    best = (cls_tokens @ text.T).argmax(dim=1)
+    c = text.shape[0]
+    if allowed is None:
+        best = (cls_tokens @ text.T).argmax(dim=1)
+    else:
+        idx = torch.as_tensor(sorted({int(a) for a in allowed}), dtype=torch.int64, device=text.device)
+        if len(idx) and (idx[0] < 0 or idx[-1] >= c):
+            raise ValueError(f"allowed class indices must lie in [0, {c}), got {idx.tolist()}")
+        if not len(idx):
+            return torch.zeros(c, dtype=torch.int64, device=text.device), idx
+        best = idx[(cls_tokens @ text[idx].T).argmax(dim=1)]
     if voters is not None:
         best = best[torch.as_tensor(np.asarray(voters, bool), device=best.device)]
-    votes = torch.bincount(best, minlength=text.shape[0])
+    votes = torch.bincount(best, minlength=c)
     return votes, torch.nonzero(votes >= min_crops).flatten()
 
 
@@ -182,8 +194,9 @@ class QuerySamWithClip:
     def plan(self, height: int, width: int) -> CropPlan:
         return plan_crops(height, width, self.cfg, self.clip.input_size, self.clip.patch_size)
 
-    def process(self, images: list[np.ndarray]) -> list[DetectResult]:
-        """Label a batch of RGB uint8 ``(H, W, 3)`` images; crops of all of them share CLIP batches."""
+    def process(self, images: list[np.ndarray], allowed: list | None = None) -> list[DetectResult]:
+        """Label a batch of RGB uint8 ``(H, W, 3)`` images; crops of all of them share CLIP batches.
+        ``allowed``: None, or per image None / the class indices it may contain (see :func:`vote_classes`)."""
         plans = [self.plan(*img.shape[:2]) for img in images]
         cls_tokens, fmaps = self.clip_pass(images, plans)
         results = []
@@ -191,7 +204,7 @@ class QuerySamWithClip:
             batch = images[start : start + self.cfg.sam_batch_size]
             for offset, emb in enumerate(self.sam.embed(batch)):
                 i = start + offset
-                results.append(self.query_sam(emb, plans[i], cls_tokens[i], fmaps[i]))
+                results.append(self.query_sam(emb, plans[i], cls_tokens[i], fmaps[i], (allowed or [None] * len(images))[i]))
         return results
 
     def clip_pass(self, images, plans) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -221,9 +234,11 @@ class QuerySamWithClip:
                     dense_parts[i] = []
         return [torch.stack(c) for c in cls_parts], fmaps
 
-    def query_sam(self, emb, plan: CropPlan, cls_tokens: torch.Tensor, fmap: torch.Tensor) -> DetectResult:
-        """Crop voting, then one SAM decoder call with every present class's points on embedding ``emb``."""
-        votes, present = vote_classes(cls_tokens, self.text, self.cfg.min_crops, crop_voters(plan, self.cfg.min_valid))
+    def query_sam(self, emb, plan: CropPlan, cls_tokens: torch.Tensor, fmap: torch.Tensor, allowed=None) -> DetectResult:
+        """Crop voting (among ``allowed`` classes, if given), then one SAM decoder call with every present
+        class's points on embedding ``emb``."""
+        votes, present = vote_classes(cls_tokens, self.text, self.cfg.min_crops, crop_voters(plan, self.cfg.min_valid),
+                                      allowed)
         return DetectResult(self.query_points(emb, plan, present, fmap), votes.cpu().numpy(), present.cpu().numpy())
 
     def query_points(self, emb, plan: CropPlan, present: torch.Tensor, fmap: torch.Tensor) -> MaskSet:

@@ -106,10 +106,11 @@ class AlignedSegmenter:
         from ovlabel.device import autocast
 
         feats = self.encoder.encode(self.encoder.prepare(image, grid)[None])  # (1, rows, cols, D)
+        from ovlabel.stages.align import head_similarities
+
         with autocast(self.device, self.precision):
-            z = self.module(feats.reshape(1, grid[0] * grid[1], -1).to(self.device))[0]
-        z = F.normalize(z.float(), dim=-1)
-        return (self.text @ z.T).reshape(-1, *grid)
+            sim = head_similarities(self.module, feats.reshape(1, grid[0] * grid[1], -1).to(self.device), self.text)
+        return sim.reshape(-1, *grid)
 
     @torch.inference_mode()
     def predict(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

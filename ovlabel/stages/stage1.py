@@ -42,6 +42,7 @@ class _Pending:
     p_fmbseg: torch.Tensor
     present: np.ndarray
     crops: np.ndarray
+    keep: torch.Tensor | None = None  # patches with mask pixels, for mask prompts (``mpt``)
 
 
 class Stage1:
@@ -50,13 +51,16 @@ class Stage1:
     ``clip``/``sam``: :class:`~ovlabel.models.clip.ClipModel` / :class:`~ovlabel.models.sam.SamModel`
     (or objects with the same methods); ``text``: L2-normalised class features ``(C, D)`` with the run's
     templates; ``crop_text``: the same with the masked-crop classifier's templates (needed only by the
-    ``ovseg`` and ``ensemble`` classifiers).
+    ``ovseg`` and ``ensemble`` classifiers); ``mpt``: a
+    :class:`~ovlabel.models.clip_mpt.MaskPromptClassifier` (OVSeg §3.3) that encodes the masked crops
+    instead of plain CLIP, or None.
     """
 
     def __init__(
         self, clip, sam, text: torch.Tensor, detect: DetectConfig, automask_cfg: AutoMaskConfig,
-        classify_cfg: ClassifyConfig, crop_text: torch.Tensor | None = None,
+        classify_cfg: ClassifyConfig, crop_text: torch.Tensor | None = None, mpt=None,
     ):
+        self.mpt = mpt
         if classify_cfg.needs_crops and crop_text is None:
             raise ValueError(f"classifier {classify_cfg.classifier!r} needs crop_text")
         self.detect = QuerySamWithClip(clip, sam, text, detect)
@@ -64,8 +68,13 @@ class Stage1:
         self.automask_cfg, self.classify = automask_cfg, classify_cfg
         self.scale = float(clip.logit_scale)
 
-    def process(self, images: list[np.ndarray], needs: list[set[str]]) -> list[Stage1Result]:
-        """Run the stages ``needs[i]`` (subsets of {"1.1", "1.2"}) on RGB uint8 ``(H, W, 3)`` images."""
+    def process(self, images: list[np.ndarray], needs: list[set[str]], allowed: list | None = None) -> list[Stage1Result]:
+        """Run the stages ``needs[i]`` (subsets of {"1.1", "1.2"}) on RGB uint8 ``(H, W, 3)`` images.
+
+        ``allowed``: None, or parallel to ``images``: None or the vocabulary indices image ``i`` may
+        contain (its caption's classes, :func:`ovlabel.captions.captions_to_classes`); crops vote only
+        among those (:func:`~ovlabel.stages.detect.vote_classes`), so both stages label with them only."""
+        allowed = allowed if allowed is not None else [None] * len(images)
         det = self.detect
         plans = [det.plan(*img.shape[:2]) for img in images]
         cls_tokens, fmaps = det.clip_pass(images, plans)
@@ -77,7 +86,7 @@ class Stage1:
                 i = start + offset
                 res = results[i]
                 voters = crop_voters(plans[i], det.cfg.min_valid)
-                votes, present = vote_classes(cls_tokens[i], self.text, det.cfg.min_crops, voters)
+                votes, present = vote_classes(cls_tokens[i], self.text, det.cfg.min_crops, voters, allowed[i])
                 res.votes, res.present = votes.cpu().numpy(), present.cpu().numpy()
                 if "1.1" in needs[i]:
                     res.masks["1.1"] = det.query_points(emb, plans[i], present, fmaps[i])
@@ -111,7 +120,13 @@ class Stage1:
             return _finish(masks, p, present, cfg.top_k)
         crops = classify.masked_crops(image, auto.masks, masks.boxes, self.clip.input_size, self.clip.fill_color,
                                       cfg.crop_shape)
-        return _Pending(i, masks, p, present, crops)
+        keep = None
+        if self.mpt is not None:
+            from ovlabel.models.clip_mpt import mask_crops, patch_keep
+
+            keep = patch_keep(mask_crops(auto.masks, masks.boxes, self.clip.input_size, cfg.crop_shape),
+                              self.clip.patch_size)
+        return _Pending(i, masks, p, present, crops, keep)
 
     def _classify_crops(self, pending: list[_Pending], results: list[Stage1Result]) -> None:
         """OVSeg probabilities for every pending image, with the crops of all of them in shared CLIP batches."""
@@ -122,7 +137,10 @@ class Stage1:
         for b in range(0, len(jobs), bs):
             chunk = jobs[b : b + bs]
             batch = torch.stack([self.clip.prepare(pending[k].crops[j], (size, size)) for k, j in chunk])
-            cls, _ = self.clip.encode_crops(batch)
+            if self.mpt is not None:
+                cls = self.mpt.encode(batch, torch.stack([pending[k].keep[j] for k, j in chunk]))
+            else:
+                cls, _ = self.clip.encode_crops(batch)
             for (k, _), c in zip(chunk, cls):
                 feats[k].append(c)
         cfg = self.classify

@@ -1,5 +1,9 @@
 """``train-align``: train FMbSeg's alignment module (seed 003 §3.3) on a pseudo-label run, encoders frozen.
 
+``--head fusioner`` trains Fusioner's fusion module instead (seed 000; :mod:`ovlabel.stages.fusioner`:
+AdamW and a cross-entropy over the classes, same data, batches, features and checkpoints), and the
+encoders may be CLIP's image tower or a BERT-style text model (:mod:`ovlabel.stages.encoders`).
+
 Each step takes ``batch_size`` images (FMbSeg §4.1: 5), reads their frozen DINOv2 patch features (from
 the fp16 feature cache, computing and storing the missing ones), runs the module over each image's
 patches, and minimises :func:`ovlabel.loss.fmbseg_loss` over every labelled patch of the batch against
@@ -88,20 +92,17 @@ def train(run_dir: str | Path, out: str | Path, cfg: TrainAlignConfig, models: d
     since it was labelled) is skipped with a warning.
     """
     from ovlabel.device import resolve_device, resolve_precision
-    from ovlabel.models.registry import load_model, parse_model, resolve_models
+    from ovlabel.stages.encoders import load_stage2, model_names, stage2_specs, text_family
     from ovlabel.stages.trainset import read_run
 
     out = Path(out).expanduser().resolve()
     _, run = read_run(run_dir)
     run_clip = (run.get("settings", {}).get("models") or {}).get("clip")
-    specs = resolve_models(cfg.models, {"dinov2": cfg.dinov2})
-    clip_name = cfg.clip or run_clip
-    if not models and not clip_name:
+    clip_name = cfg.clip or run_clip or (models["clip"].identity["spec"] if models and "clip" in models else None)
+    if not clip_name and (cfg.vision_encoder == "clip" or text_family(cfg.text_encoder) == "clip"):
         raise OvlabelError(f"run '{run_dir}' does not record its CLIP model; pass --clip")
-    names = (
-        {f: m.identity["spec"] for f, m in models.items()}
-        if models else {"dinov2": specs["dinov2"].name, "clip": parse_model(clip_name, "clip").name}
-    )
+    specs = stage2_specs(cfg.models, cfg.vision_encoder, cfg.text_encoder, cfg.dinov2, clip_name)
+    names = model_names(specs, models)
     settings = {
         "run": {"path": str(Path(run_dir).expanduser().resolve()), "settings_key": run.get("settings_key")},
         "models": names, "params": cfg.result_params(), "format_version": ck.CHECKPOINT_VERSION,
@@ -130,11 +131,7 @@ def train(run_dir: str | Path, out: str | Path, cfg: TrainAlignConfig, models: d
 
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    if models:
-        encoder, clip = models["dinov2"], models["clip"]
-    else:
-        encoder = load_model(specs["dinov2"], device, precision)
-        clip = load_model(parse_model(clip_name, "clip"), device, precision)
+    encoder, clip = load_stage2(specs, cfg.vision_encoder, device, precision, models)  # clip: the text model
     data = load_train_set(
         run_dir, cfg.resolution, encoder.patch_size, cfg.max_aspect, cfg.min_labelled, cfg.images,
         progress=cfg.progress,
@@ -151,9 +148,7 @@ def train(run_dir: str | Path, out: str | Path, cfg: TrainAlignConfig, models: d
     text = all_text[torch.as_tensor(used, device=device)]
     summary.images = len(data.images)
 
-    dims = {"in_dim": encoder.embed_dim, "out_dim": int(text.shape[1]), "num_heads": cfg.num_heads, "mlp_ratio": cfg.mlp_ratio}
-    module = ck.build_module(dims, cfg.seed).to(device)
-    opt = torch.optim.SGD(module.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    module, opt = _build_head(cfg, encoder.embed_dim, int(text.shape[1]), device)
     steps_per_epoch = math.ceil(len(data.images) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
     if meta is not None:
@@ -163,7 +158,7 @@ def train(run_dir: str | Path, out: str | Path, cfg: TrainAlignConfig, models: d
     cache = FeatureCache(root, encoder.cache_key)
     bad: dict[str, str] = {}
     config = {
-        "format": ck.CHECKPOINT_FORMAT, "format_version": ck.CHECKPOINT_VERSION, "module": module.dims(),
+        "format": ck.CHECKPOINT_FORMAT, "format_version": ck.CHECKPOINT_VERSION, "head": cfg.head, "module": module.dims(),
         "vision_encoder": encoder.identity, "text_encoder": text_identity, "templates": data.templates.to_json(),
         "resolution": cfg.resolution, "max_aspect": cfg.max_aspect, "patch_size": encoder.patch_size,
         "temperature": cfg.temperature,
@@ -211,6 +206,21 @@ def train(run_dir: str | Path, out: str | Path, cfg: TrainAlignConfig, models: d
     return summary
 
 
+def _build_head(cfg: TrainAlignConfig, visual_dim: int, text_dim: int, device):
+    """The module of ``cfg.head`` (seeded) and its optimizer: SGD for FMbSeg's alignment module, AdamW for
+    Fusioner's fusion module (:func:`ovlabel.stages.fusioner.optimizer`)."""
+    if cfg.head == "fusioner":
+        from ovlabel.stages import fusioner
+
+        dims = {"visual_dim": visual_dim, "text_dim": text_dim, "width": cfg.fusion_width,
+                "layers": cfg.fusion_layers, "heads": cfg.fusion_heads, "mlp_ratio": 4.0}
+        module = fusioner.build(dims, cfg.seed).to(device)
+        return module, fusioner.optimizer(module, cfg.fusion_lr, cfg.fusion_weight_decay)
+    dims = {"in_dim": visual_dim, "out_dim": text_dim, "num_heads": cfg.num_heads, "mlp_ratio": cfg.mlp_ratio}
+    module = ck.build_module(dims, cfg.seed).to(device)
+    return module, torch.optim.SGD(module.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
 def _batch_features(batch, encoder, cache: FeatureCache, bad: dict, summary: TrainSummary, cfg, device):
     """Features (list of float32 ``(rows, cols, D)`` on ``device``) and label arrays of the readable
     images of ``batch``; computes and caches missing features in one encoder call per grid."""
@@ -244,20 +254,20 @@ def _batch_features(batch, encoder, cache: FeatureCache, bad: dict, summary: Tra
 
 
 def _step(module, opt, feats, labels, lut, text, temperature, device, precision, loss_norm="batch"):
-    """One SGD step; returns ``(loss, parts)`` or ``(None, None)`` when the batch has < 2 labelled patches.
-    ``loss_norm``: :func:`ovlabel.loss.fmbseg_loss`'s normalisation (B·N = every patch of the batch)."""
+    """One optimizer step; returns ``(loss, parts)`` or ``(None, None)`` when the batch has < 2 labelled patches.
+    ``loss_norm``: :func:`ovlabel.loss.fmbseg_loss`'s normalisation (B·N = every patch of the batch; the
+    FMbSeg head only)."""
     from ovlabel.device import autocast
+
+    if getattr(module, "head", "fmbseg") == "fusioner":
+        from ovlabel.stages.fusioner import train_step
+
+        return train_step(module, opt, feats, labels, lut, text, temperature, device, precision)
 
     lab = np.concatenate([lut[np.where(x >= 0, x, len(lut) - 1)] for x in labels]) if labels else np.zeros(0, np.int64)
     if (lab >= 0).sum() < 2:
         return None, None
-    n_max = max(f.shape[0] * f.shape[1] for f in feats)
-    x = torch.zeros(len(feats), n_max, feats[0].shape[-1], device=device)
-    valid = torch.zeros(len(feats), n_max, dtype=torch.bool, device=device)
-    for i, f in enumerate(feats):
-        n = f.shape[0] * f.shape[1]
-        x[i, :n] = f.reshape(n, -1)
-        valid[i, :n] = True
+    x, valid = ck.pad_batch(feats, device)
     module.train()
     with autocast(device, precision):
         z = module(x, valid if len(feats) > 1 else None)
