@@ -15,9 +15,11 @@ import numpy as np
 from ovlabel import __version__
 from ovlabel.artifacts import (
     RunLayout,
+    quality_summary,
     read_label_png,
     read_manifest,
     read_part,
+    without_quality,
     write_label_png,
     write_manifest,
     write_masks_and_coco,
@@ -151,7 +153,7 @@ def finalize(
             yield r["image_id"], masks
 
     up_to_date = (
-        prev_rows is not None and summary.new == 0 and prev_rows == rows
+        prev_rows is not None and summary.new == 0 and without_quality(prev_rows) == rows
         and layout.masks.exists() and layout.coco.exists()
     )
     if up_to_date:
@@ -163,7 +165,9 @@ def finalize(
                            f"vocabulary {settings['vocabulary']['source']}",
             "version": __version__,
         }
-        write_masks_and_coco(layout, ok, per_image(ok), vocab.names, info)
+        written = write_masks_and_coco(layout, ok, per_image(ok), vocab.names, info)
+        for r in ok:
+            r.update(written.quality[r["image_id"]])
         write_manifest(layout.manifest, rows)
     summary.masks = sum(r["num_masks"] for r in ok)
     _prune(layout, set(store.keys.values()), ok)
@@ -184,6 +188,7 @@ def finalize(
         },
         "last_invocation": {"parameters": asdict(cfg), "runtime": runtime, "model_passes": summary.stats,
                             "recomputed_because": summary.reasons},
+        "quality": quality_summary(layout),
         "label_maps": "uint8 PNG, value = class index (position in the vocabulary), 255 = unlabeled",
         "coco_category_id": "class index + 1 (COCO reserves 0)",
         "artifacts": {
@@ -312,8 +317,11 @@ def finalize_parts(layout: RunLayout, key: str, rows: list[dict], vocab: dict, d
             yield r["image_id"], masks
 
     info = {"description": description, "version": __version__}
-    summary.masks = write_masks_and_coco(layout, ok, per_image(), vocab["classes"], info)
+    written = write_masks_and_coco(layout, ok, per_image(), vocab["classes"], info)
+    summary.masks = written.count
     parts = {r["file"]: Path(r.pop("part")).name for r in ok}
+    for r in ok:
+        r.update(written.quality[r["image_id"]])
     if layout.manifest.exists():
         summary.changes = image_changes(read_manifest(layout.manifest), rows)
     write_manifest(layout.manifest, rows)
