@@ -8,22 +8,24 @@ Signals, each in [0, 1] where 1 looks best, NaN/None where the run cannot say:
 
 - ``margin``: CLIP's probability of the mask's class minus that of the best other class, over the whole
   vocabulary, from FMbSeg's mask feature (``MaskSet.margin``, stored by Stage 1.1 and 1.2; runs written
-  before it fall back to ``MaskSet.topk``, whose probabilities cover the detected classes only).
-  Negative margins (CLIP prefers another class than the one the mask carries, e.g. one crop detection
-  missed) count as 0.
+  before it fall back to ``MaskSet.topk``, whose probabilities cover the detected classes only), in
+  [-1, 1], used as ``(margin + 1) / 2``: negative when CLIP prefers another class than the one the mask
+  carries (e.g. one crop detection missed).
 - ``pred_iou``: SAM's own estimate of the mask's IoU (``MaskSet.scores`` of SAM masks: Stage 1.1 and 1.2),
   clipped to [0, 1].
 - ``stability``: SAM's stability score (``MaskSet.stability``): the IoU of the mask at logit thresholds
   ``±1``; a mask whose border moves when the threshold moves is unsure where the object ends.
 - ``agreement``: where the run has two labellers of the same pixels (Stage 1.1 and 1.2 masks in one run),
-  the share of a mask's pixels that the other labeller also labels and gives the same class; per image,
-  over all such pixels. :func:`label_agreement` compares a whole label map with another run's
-  (salience, ``segment`` of the same images).
-- ``coverage``: 1 - the share of the image's pixels that no mask covers (a label map with holes scores
+  the share of a mask's pixels that the other labeller also labels and gives the same class.
+- ``reference``: the same against another run's label map of the same image (a ``segment`` run of a
+  checkpoint trained on this run, a salience run), when one is given.
+- coverage: 1 - the share of the image's pixels that no mask covers (a label map with holes scores
   those pixels as wrong in every evaluation that has no "unlabeled" class).
 
-The estimate is a weighted mean of the available signals (:data:`WEIGHTS`, renormalised over the signals
-an image has): per image over its image-level signals, per mask over its own (no coverage).
+A mask's estimate is the weighted mean of its available signals (:data:`WEIGHTS`, renormalised over
+those it has); an image's is ``coverage x`` the weighted mean of its image-level signals, each the mean
+of the per-mask signal over the labelled pixels, counted for the mask visible there
+(:func:`image_quality`).
 """
 
 from __future__ import annotations
