@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fakes import FakeSam
 from scenes import CLASSES, scene
 
 KINDS = ("none", "wrong_class", "shifted_mask", "missing_object", "spurious_class")
@@ -147,17 +148,16 @@ class SceneClip:
         return torch.tensor([next(v for w, v in TEXT.items() if w in t) for t in texts], dtype=torch.float32)
 
 
-class SceneSam:
+class SceneSam(FakeSam):
     """A SAM stand-in that grows colour regions (see the module docstring); ``corruptions``: image key ->
-    :class:`Corruption` (shifted_mask acts here)."""
+    :class:`Corruption` (shifted_mask acts here). Point prediction, geometry and upscaling are FakeSam's."""
 
-    mask_threshold = 0.0
     TOLERANCES = (0.06, 0.12, 0.24)  # colour distance (0..1 RGB) of the three candidates
     UNIT = 0.02  # colour distance per logit
 
     def __init__(self, corruptions: dict[str, Corruption] | None = None):
+        super().__init__()
         self.identity = {"spec": "sam:scene-colour", "random_init": True}
-        self.stats = Counter()
         self.corruptions = corruptions or {}
 
     def embed(self, images):
@@ -220,19 +220,6 @@ class SceneSam:
             ious.append(iou)
         self.stats["sam_prompts"] += len(coords)
         return torch.from_numpy(np.stack(logits)), torch.from_numpy(np.stack(ious))
-
-    def low_res_geometry(self, emb):
-        h, w = emb.original_size
-        return h, w, 1.0, 1.0
-
-    def predict_points(self, emb, coords, labels, multimask=True):
-        masks, iou = self.decode(emb, coords, labels, multimask)
-        best = iou.argmax(dim=1)
-        rows = torch.arange(len(best))
-        return SimpleNamespace(low_res_logits=masks[rows, best][:, None], scores=iou[rows, best], all_scores=iou)
-
-    def upscale(self, emb, low_res_logits):
-        return low_res_logits[:, 0] > 0
 
 
 def write_corrupted_scenes(folder: Path, n: int, seed: int, size: int = 112):

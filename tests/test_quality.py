@@ -18,8 +18,8 @@ from ovlabel.artifacts import (
     MASKS_SCHEMA,
     RunLayout,
     quality_summary,
-    read_part,
     read_manifest,
+    read_part,
 )
 from ovlabel.masks import SOURCE_STAGE_1_1, SOURCE_STAGE_1_2, MaskSet
 from ovlabel.quality import WEIGHTS, class_summary, combine, image_quality, label_agreement, least_certain, mask_margins

@@ -3,7 +3,6 @@ links to the run's overlays; no script, no server, no network). Every value from
 
 from __future__ import annotations
 
-import json
 from html import escape
 from urllib.parse import quote
 
@@ -203,6 +202,3 @@ def page(title: str, sections: list[tuple[str, str, str]], extra: str = "") -> s
 def href(path: str) -> str:
     return quote(path, safe="/")
 
-
-def json_block(obj) -> str:
-    return f"<pre class='muted'>{escape(json.dumps(obj, indent=1, ensure_ascii=False))}</pre>"
