@@ -55,7 +55,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
     from ovlabel.artifacts import RunLayout, read_label_png, read_manifest
     from ovlabel.config import SegmentConfig, TrainAlignConfig
-    from ovlabel.stages import segment as seg
+    from ovlabel.labelling.segment import segment
     from ovlabel.stages import train as train_mod
     from scenes import VOCAB, miou, write_images, write_run
 
@@ -81,7 +81,7 @@ def main() -> None:
             train_mod.train(run, d / f"ck{k}", cfg)
             seconds[name].append(time.perf_counter() - t0)
             out = d / f"seg{k}"
-            seg.run(d / "test", out, SegmentConfig(classes=VOCAB, checkpoint=str(d / f"ck{k}"), device="cpu", progress=False))
+            segment(d / "test", out, SegmentConfig(classes=VOCAB, checkpoint=str(d / f"ck{k}"), device="cpu", progress=False))
             rows = read_manifest(RunLayout(out).manifest)
             preds = [read_label_png(out / r["label_file"]) for r in rows]
             results[name].append(miou(preds, [test_gt[r["file"]] for r in rows], 4))

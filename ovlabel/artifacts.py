@@ -24,6 +24,7 @@ Class indices are 0-based positions in the vocabulary (the label-map value). COC
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,17 @@ MANIFEST_SCHEMA = pa.schema([
     ("reason", pa.string()),  # why it failed, else null
     ("label_file", pa.string()),  # relative to the run directory, null if failed
     ("num_masks", pa.int32()),
+    # label quality without ground truth (ovlabel.quality, docs/quality.md); null if failed or unknown
+    ("quality", pa.float32()),  # the per-image estimate in [0, 1]: lower = review first
+    ("margin", pa.float32()),  # area-weighted mean of the masks' classifier margins
+    ("pred_iou", pa.float32()),  # area-weighted mean of SAM's predicted IoU (SAM masks only)
+    ("stability", pa.float32()),  # area-weighted mean of SAM's stability score
+    ("agreement", pa.float32()),  # pixel agreement between the run's labellers (Stage 1.1 vs 1.2)
+    ("unlabeled_fraction", pa.float32()),  # share of the image no mask covers
 ])
+
+#: The manifest columns :func:`write_masks_and_coco` computes (in :attr:`WrittenMasks.quality`).
+MANIFEST_QUALITY_COLUMNS = ("quality", "margin", "pred_iou", "stability", "agreement", "unlabeled_fraction")
 
 _MASK_FIELDS = [
     ("source", pa.string()),
@@ -58,13 +69,22 @@ _MASK_FIELDS = [
     ("points", pa.list_(pa.list_(pa.float32(), 2))),  # prompt points (x, y), null if none
     ("topk_classes", pa.list_(pa.int32())),  # classifier's best class indices, best first; null if none
     ("topk_scores", pa.list_(pa.float32())),  # their probabilities (over the image's detected classes)
+    ("stability", pa.float32()),  # SAM's stability score; null if unknown (not a SAM mask, older parts)
+    ("margin", pa.float32()),  # CLIP's vocabulary margin (MaskSet.margin); null if unknown
 ]
 
 #: Per-image part files: the mask fields only.
 PART_SCHEMA = pa.schema(_MASK_FIELDS)
 
+#: Per-mask quality signals computed when masks.parquet is written (ovlabel.quality; null = unknown).
+_MASK_QUALITY_FIELDS = [
+    ("agreement", pa.float32()),  # share of the mask's pixels the run's other labeller gives the same class
+    ("quality", pa.float32()),  # the per-mask estimate in [0, 1]
+]
+
 MASKS_SCHEMA = pa.schema(
     [("image_id", pa.int64()), ("mask_id", pa.int64()), ("category", pa.string())] + _MASK_FIELDS
+    + _MASK_QUALITY_FIELDS
 )
 
 
@@ -125,7 +145,14 @@ def _mask_columns(ms: MaskSet) -> dict:
         "points": [None if p is None else np.asarray(p, np.float32).tolist() for p in ms.points],
         "topk_classes": [None if t is None else np.asarray(t[0], np.int32).tolist() for t in ms.topk],
         "topk_scores": [None if t is None else np.asarray(t[1], np.float32).tolist() for t in ms.topk],
+        "stability": _nullable(ms.stability),
+        "margin": _nullable(ms.margin),
     }
+
+
+def _nullable(values) -> list:
+    """float array -> list with None for NaN (Parquet null)."""
+    return [None if v != v else float(v) for v in np.asarray(values, dtype=np.float64)]
 
 
 def _maskset_from_table(t: pa.Table) -> MaskSet:
@@ -135,9 +162,12 @@ def _maskset_from_table(t: pa.Table) -> MaskSet:
     n = len(rles)
     classes, probs = d.get("topk_classes", [None] * n), d.get("topk_scores", [None] * n)  # absent before 0.2
     topk = [None if c is None else (np.asarray(c, np.int32), np.asarray(p, np.float32)) for c, p in zip(classes, probs)]
+    stability, margin = (np.array([np.nan if v is None else v for v in d.get(k, [None] * n)], np.float32)
+                         for k in ("stability", "margin"))  # absent before the quality estimate
     return MaskSet(
         rles, np.asarray(d["class_index"]), np.asarray(d["score"]), list(d["source"]),
-        np.asarray(d["bbox_xyxy"], np.float32).reshape(-1, 4), np.asarray(d["area"]), points, topk,
+        np.asarray(d["bbox_xyxy"], np.float32).reshape(-1, 4), np.asarray(d["area"]), points, topk, stability,
+        margin,
     )
 
 
@@ -176,16 +206,36 @@ def read_manifest(path: Path) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
 
+def without_quality(rows: list[dict]) -> list[dict]:
+    """Manifest rows without the quality columns (what a run knows before it writes masks.parquet)."""
+    return [{k: v for k, v in r.items() if k not in MANIFEST_QUALITY_COLUMNS} for r in rows]
+
+
+@dataclass
+class WrittenMasks:
+    """What :func:`write_masks_and_coco` wrote: ``count`` masks, and per image id the manifest's quality
+    columns (:data:`MANIFEST_QUALITY_COLUMNS`, from :meth:`ovlabel.quality.ImageQuality.manifest_columns`)
+    for the caller to put in the manifest rows."""
+
+    count: int
+    quality: dict[int, dict]
+
+
 def write_masks_and_coco(
     layout: RunLayout, images: list[dict], per_image, class_names: list[str], info: dict
-) -> int:
-    """Write ``masks.parquet`` and ``coco.json`` in one streaming pass; returns the number of masks.
+) -> WrittenMasks:
+    """Write ``masks.parquet`` and ``coco.json`` in one streaming pass, computing each mask's and image's
+    quality estimate (:func:`ovlabel.quality.image_quality`) on the way.
 
     ``images``: manifest rows of the labelled images (image_id, file, width, height), in id order;
     ``per_image``: iterable of ``(image_id, MaskSet)`` in the same order. Memory stays flat: one image's
     masks at a time. ``mask_id`` (Parquet) equals the COCO annotation ``id``; COCO ``category_id`` is
     ``class_index + 1``; boxes become COCO ``xywh`` here and only here.
     """
+    from ovlabel.quality import image_quality
+
+    sizes = {r["image_id"]: (r["height"], r["width"]) for r in images}
+    quality: dict[int, dict] = {}
     mask_id = 0
     with atomic_path(layout.masks) as pq_tmp, atomic_path(layout.coco) as coco_tmp:
         with pq.ParquetWriter(pq_tmp, MASKS_SCHEMA, compression="zstd") as writer, open(
@@ -199,12 +249,16 @@ def write_masks_and_coco(
             fh.write('\n],\n"annotations": [\n')
             first = True
             for image_id, ms in per_image:
+                q = image_quality(ms, *sizes[image_id])
+                quality[image_id] = q.manifest_columns()
                 n = len(ms)
                 if not n:
                     continue
                 ids = list(range(mask_id + 1, mask_id + n + 1))
                 cols = {"image_id": [image_id] * n, "mask_id": ids, "category": [class_names[c] for c in ms.class_index]}
                 cols.update(_mask_columns(ms))
+                cols.update(margin=_nullable(q.mask_margin), agreement=_nullable(q.mask_agreement),
+                            quality=_nullable(q.mask_quality))  # margin: as the estimate used it
                 writer.write_table(pa.Table.from_pydict(cols, schema=MASKS_SCHEMA))
                 for i in range(n):
                     x1, y1, x2, y2 = (float(v) for v in ms.boxes[i])
@@ -224,7 +278,7 @@ def write_masks_and_coco(
                 mask_id += n
             cats = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(class_names)]
             fh.write('\n],\n"categories": ' + _j(cats) + "\n}\n")
-    return mask_id
+    return WrittenMasks(mask_id, quality)
 
 
 def _j(obj) -> str:
@@ -292,3 +346,29 @@ def read_soft_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if probs.ndim != 3 or probs.shape[0] != len(classes):
         raise ValueError(f"soft map '{path}': probs {probs.shape} does not match {len(classes)} classes")
     return probs, classes
+
+
+def quality_summary(layout: RunLayout) -> dict | None:
+    """The label-quality summary for ``run.json`` (key ``quality``): the estimate's weights, the per-image
+    distribution from the manifest and per class from masks.parquet (:func:`ovlabel.quality.class_summary`).
+    None when the run's files predate the quality columns. Reads columns only (no mask data)."""
+    from ovlabel.quality import WEIGHTS, class_summary
+
+    masks = pq.ParquetFile(layout.masks)
+    if "quality" not in masks.schema_arrow.names:
+        return None
+    t = masks.read(columns=["image_id", "category", "area", "quality"])
+    q = [r["quality"] for r in read_manifest(layout.manifest) if r.get("status") == "ok"]
+    known = np.array([v for v in q if v is not None], np.float64)
+    images = {"labelled": len(q), "estimated": int(len(known))}
+    if len(known):
+        p10, p50, p90 = np.percentile(known, [10, 50, 90])
+        images.update(mean=round(float(known.mean()), 6), p10=round(float(p10), 6), median=round(float(p50), 6),
+                      p90=round(float(p90), 6))
+    return {
+        "definition": "ovlabel.quality (docs/quality.md): weighted mean of the available signals, 1 = looks best",
+        "weights": dict(WEIGHTS),
+        "images": images,
+        "classes": class_summary(t.column("category").to_pylist(), t.column("area").to_pylist(),
+                                 t.column("quality").to_pylist(), t.column("image_id").to_pylist()),
+    }

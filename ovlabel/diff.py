@@ -29,7 +29,7 @@ import numpy as np
 
 from ovlabel.artifacts import IGNORE_INDEX, RunLayout, read_label_png, read_manifest
 from ovlabel.errors import OvlabelError
-from ovlabel.evaluate.metrics import image_counts
+from ovlabel.evaluate.metrics import image_counts, image_miou
 
 #: ``ovlabel diff`` exit status when the drift exceeds ``--fail-above``.
 DRIFT_EXIT_CODE = 3
@@ -189,14 +189,8 @@ def _compare(f: str, a: _Run, b: _Run, luts, k: int):
     agree = int(np.trace(counts))
     d.pixels, d.changed_pixels = int(la.size), int(la.size) - agree
     d.agreement = agree / la.size if la.size else 1.0
-    d.iou = _image_iou(counts, k)
+    d.iou = image_miou(counts, k, empty=1.0)
     return d, counts
-
-
-def _image_iou(counts: np.ndarray, k: int) -> float:
-    inter, union = _inter_union(counts, k)
-    present = union > 0
-    return float((inter[present] / union[present]).mean()) if present.any() else 1.0
 
 
 def _inter_union(counts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,13 @@ class MaskSet:
     - ``boxes``: float32 ``(N, 4)`` xyxy pixel edges; ``areas``: int64 ``(N,)`` pixel counts
     - ``points``: per mask, float32 ``(K, 2)`` (x, y) prompt points in pixels, or None
     - ``topk``: per mask, the classifier's best classes and their probabilities as
-      ``(int32 (k,), float32 (k,))``, best first, or None (Stage 1.1 masks are queried for one class)
+      ``(int32 (k,), float32 (k,))``, best first, or None (no classifier looked at the mask)
+    - ``stability``: float32 ``(N,)``, SAM's stability score of each mask (the IoU of the mask logits
+      thresholded at ``±offset``; segment-anything's ``calculate_stability_score``), NaN where unknown
+      (masks not made by SAM, and parts written before ovlabel stored it)
+    - ``margin``: float32 ``(N,)``, CLIP's vocabulary margin of each mask (probability of its class minus
+      the best other class's over the whole vocabulary, FMbSeg's mask feature;
+      :func:`ovlabel.stages.classify.vocabulary_margin`), NaN where unknown
     """
 
     rles: list[dict]
@@ -40,6 +46,8 @@ class MaskSet:
     areas: np.ndarray
     points: list[np.ndarray | None] = field(default_factory=list)
     topk: list[tuple[np.ndarray, np.ndarray] | None] = field(default_factory=list)
+    stability: np.ndarray | None = None
+    margin: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.rles)
@@ -51,6 +59,12 @@ class MaskSet:
             self.points = [None] * n
         if not self.topk:
             self.topk = [None] * n
+        if self.stability is None:
+            self.stability = np.full(n, np.nan, np.float32)
+        self.stability = np.asarray(self.stability, dtype=np.float32).reshape(n)
+        if self.margin is None:
+            self.margin = np.full(n, np.nan, np.float32)
+        self.margin = np.asarray(self.margin, dtype=np.float32).reshape(n)
         assert len(self.source) == n and len(self.points) == n == len(self.topk), "MaskSet fields disagree in length"
 
     def __len__(self) -> int:
@@ -61,7 +75,7 @@ class MaskSet:
         return cls([], [], [], [], np.zeros((0, 4)), [])
 
     @classmethod
-    def from_dense(cls, masks, class_index, scores, source: str, points=None, topk=None) -> "MaskSet":
+    def from_dense(cls, masks, class_index, scores, source: str, points=None, topk=None, stability=None) -> "MaskSet":
         """Encode dense masks (bool/uint8 array or tensor ``(N, H, W)``). Empty masks are dropped, with
         their metadata, since they have no box and label nothing."""
         m = masks.cpu().numpy() if hasattr(masks, "cpu") else np.asarray(masks)
@@ -72,15 +86,16 @@ class MaskSet:
         scores = np.asarray(scores)[keep]
         pts = [points[i] for i in np.flatnonzero(keep)] if points is not None else None
         tk = [topk[i] for i in np.flatnonzero(keep)] if topk is not None else None
+        stab = np.asarray(stability, dtype=np.float32)[keep] if stability is not None else None
         if not len(m):
             return cls.empty()
         rles = mask_utils.encode(np.asfortranarray(m.transpose(1, 2, 0).astype(np.uint8)))
         for r in rles:
             r["counts"] = r["counts"].decode("ascii")
-        return cls.from_rles(list(rles), class_index, scores, [source] * len(rles), pts, tk)
+        return cls.from_rles(list(rles), class_index, scores, [source] * len(rles), pts, tk, stab)
 
     @classmethod
-    def from_rles(cls, rles, class_index, scores, source, points=None, topk=None) -> "MaskSet":
+    def from_rles(cls, rles, class_index, scores, source, points=None, topk=None, stability=None) -> "MaskSet":
         """Build from RLE dicts, computing boxes and areas with pycocotools."""
         if not rles:
             return cls.empty()
@@ -88,7 +103,8 @@ class MaskSet:
         xywh = mask_utils.toBbox(enc).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         areas = mask_utils.area(enc).astype(np.int64)
-        return cls(list(rles), class_index, scores, list(source), boxes, areas, list(points or []), list(topk or []))
+        return cls(list(rles), class_index, scores, list(source), boxes, areas, list(points or []), list(topk or []),
+                   stability)
 
     def filter(self, keep) -> "MaskSet":
         """The subset selected by a boolean mask or an index array, in that order."""
@@ -96,6 +112,7 @@ class MaskSet:
         return MaskSet(
             [self.rles[i] for i in idx], self.class_index[idx], self.scores[idx], [self.source[i] for i in idx],
             self.boxes[idx], self.areas[idx], [self.points[i] for i in idx], [self.topk[i] for i in idx],
+            self.stability[idx], self.margin[idx],
         )
 
     @staticmethod
@@ -112,13 +129,17 @@ class MaskSet:
             np.concatenate([s.areas for s in sets]),
             [p for s in sets for p in s.points],
             [t for s in sets for t in s.topk],
+            np.concatenate([s.stability for s in sets]),
+            np.concatenate([s.margin for s in sets]),
         )
 
-    def decode(self) -> np.ndarray:
-        """Dense bool masks ``(N, H, W)``."""
+    def decode(self, step: int = 1) -> np.ndarray:
+        """Dense bool masks ``(N, H, W)``; with ``step`` > 1 only every ``step``-th row and column
+        (``(N, ceil(H / step), ceil(W / step))``)."""
         if not len(self):
             raise ValueError("cannot decode an empty MaskSet: its image size is unknown")
-        return mask_utils.decode([_to_bytes_rle(r) for r in self.rles]).transpose(2, 0, 1).astype(bool)
+        dense = mask_utils.decode([_to_bytes_rle(r) for r in self.rles])
+        return dense[::step, ::step].transpose(2, 0, 1).astype(bool)
 
     def paint_order(self, policy: str = "score") -> np.ndarray:
         """Indices in painting order (the last painted mask wins a pixel). Deterministic: ties keep the

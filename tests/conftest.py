@@ -63,3 +63,15 @@ def image_folder(tmp_path) -> Path:
     save(root / "tiny.png", blocks_image(5, 4, [(200, 10, 10)]))
     save(root / "wide.bmp", blocks_image(8, 600, [(10, 10, 200), (200, 10, 10)]))
     return root
+
+
+@pytest.fixture(scope="session")
+def calibrated_run(tmp_path_factory):
+    """16 held-out corrupted scenes (seed 3, none of the calibration's seeds) labelled by the real pipeline
+    with the colour stand-ins of tests/calibration.py: ``(run dir, image folder, ground truth, kinds)``."""
+    from calibration import label_run, write_corrupted_scenes
+
+    tmp = tmp_path_factory.mktemp("calibrated")
+    gt, corruptions, kinds = write_corrupted_scenes(tmp / "images", 16, seed=3)
+    label_run(tmp / "images", tmp / "run", corruptions)
+    return tmp / "run", tmp / "images", gt, kinds

@@ -76,8 +76,9 @@ def test_masks_parquet_and_coco_agree_and_load_in_pycocotools(tmp_path):
         {"image_id": 2, "file": "b.jpg", "width": 5, "height": 5},
         {"image_id": 3, "file": "c.jpg", "width": 4, "height": 4},
     ]
-    n = write_masks_and_coco(layout, images, iter([(1, m1), (2, m2), (3, MaskSet.empty())]), ["x", "y", "z"], {"v": 1})
-    assert n == 3
+    written = write_masks_and_coco(layout, images, iter([(1, m1), (2, m2), (3, MaskSet.empty())]), ["x", "y", "z"], {"v": 1})
+    assert written.count == 3 and sorted(written.quality) == [1, 2, 3]
+    assert written.quality[3]["unlabeled_fraction"] == 1.0 and written.quality[3]["quality"] == 0.0
     coco = COCO(str(layout.coco))
     assert sorted(coco.getImgIds()) == [1, 2, 3]
     anns = coco.loadAnns(coco.getAnnIds())

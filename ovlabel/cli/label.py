@@ -54,9 +54,13 @@ def classify_masks_cmd(run_dir: Path, images: Path | None, given: dict):
 def show(
     run_dir: RunDir,
     images: Annotated[Optional[Path], typer.Option(help="Image root, if the images moved since the run.")] = None,
+    review: Annotated[Optional[int], typer.Option("--review", help="Only the N least certain images (lowest estimated label quality), listed.", show_default=False)] = None,
 ):
     """Write coloured overlays with a legend for every labelled image of a run (RUN/overlays/)."""
-    from ovlabel.show import show_run
+    from ovlabel.show import review_list, show_run
 
-    n, dest = _guard(lambda: show_run(run_dir, images))
+    n, dest = _guard(lambda: show_run(run_dir, images, review))
+    if review is not None:
+        for line in review_list(run_dir, review):
+            typer.echo(line)
     typer.echo(f"{n} overlays -> {dest}")

@@ -11,7 +11,7 @@ import sys
 from datetime import datetime, timezone
 
 from ovlabel import __version__
-from ovlabel.artifacts import RunLayout
+from ovlabel.artifacts import RunLayout, quality_summary
 from ovlabel.errors import OvlabelError
 from ovlabel.io.atomic import write_json
 
@@ -132,6 +132,7 @@ def complete(layout: RunLayout, doc: dict, key: str, summary, models: dict | Non
         "label_maps": LABEL_MAPS,
         "coco_category_id": COCO_CATEGORY_ID,
         "artifacts": artifacts,
+        "quality": quality_summary(layout),
     })
     if note:
         doc["note"] = note

@@ -20,6 +20,7 @@ from ovlabel.artifacts import (
     RunLayout,
     read_label_png,
     read_manifest,
+    without_quality,
     write_label_png,
     write_manifest,
     write_masks_and_coco,
@@ -66,7 +67,8 @@ def rebuild(layout: RunLayout, stage, store: PartStore, rows: list[dict], ids: d
     ``rows``: the manifest rows in order; ``ids``: per ok file, its part ids; ``summary.new_files``: label
     maps painted by this run; ``doc``: run.json as this run started it (its ``artifacts_settings_key`` is
     the previous completion's); ``trusted``: the previous run completed. Skips rewriting the dataset files
-    when nothing changed; sets ``summary.changes`` and ``summary.masks``.
+    when nothing changed; sets ``summary.changes`` and ``summary.masks``; adds the quality columns to the
+    ok rows it rewrites (:mod:`ovlabel.quality`).
     """
     key = stage.key
     ok = [r for r in rows if r["status"] == "ok"]
@@ -97,14 +99,16 @@ def rebuild(layout: RunLayout, stage, store: PartStore, rows: list[dict], ids: d
             yield r["image_id"], masks
 
     prev_rows = on_disk if trusted and doc.get("artifacts_settings_key") == key else None
-    up_to_date = (prev_rows is not None and summary.new == 0 and prev_rows == rows
+    up_to_date = (prev_rows is not None and summary.new == 0 and without_quality(prev_rows) == rows
                   and layout.masks.exists() and layout.coco.exists())
     if up_to_date:
         for _ in per_image([r for r in ok if r["file"] in suspect]):
             pass
     else:
         info = {"description": stage.description, "version": __version__}
-        write_masks_and_coco(layout, ok, per_image(ok), stage.class_names, info)
+        written = write_masks_and_coco(layout, ok, per_image(ok), stage.class_names, info)
+        for r in ok:  # the label-quality estimate (ovlabel.quality), computed while the masks were written
+            r.update(written.quality[r["image_id"]])
         write_manifest(layout.manifest, rows)
     summary.masks = sum(r["num_masks"] for r in ok)
     _prune(layout, store, ok, ids)

@@ -290,3 +290,40 @@ def _load_city(root: Path, split: str):
     train = sorted(folder.glob("*/*_gtFine_labelTrainIds.png"))
     files = {stem_key(f.relative_to(folder).as_posix()): f for f in train}
     return base, files, identity_lut(), f"Cityscapes {split}, labelTrainIds ({folder})"
+
+
+def split_images(gt: GroundTruth) -> dict[str, Path]:
+    """The source image of every ground-truth file of ``gt`` (same keys as ``gt.files``), where the
+    dataset's standard layout keeps it: VOC2012 / Pascal-Context ``JPEGImages/<id>.jpg``, ADE20K
+    ``images/<validation|training>/<name>.jpg``, COCO-Stuff ``images/<split>2017/<name>.jpg`` (mmseg) or
+    ``<split>2017/<name>.jpg`` next to the annotations, Cityscapes
+    ``leftImg8bit/<split>/<city>/<name>_leftImg8bit.png``. OvlabelError names the first missing image; a
+    ``folder`` layout has no known image location."""
+    if gt.layout == "folder":
+        raise OvlabelError("a folder of label PNGs does not say where its images are; give a dataset root in a "
+                           "known layout (voc2012, pascal-context, ade20k, coco-stuff, cityscapes)")
+    split = gt.split or "val"
+    if gt.layout in ("voc2012", "pascal-context"):
+        where = [lambda k: gt.root / "JPEGImages" / f"{k}.jpg"]
+    elif gt.layout == "ade20k":
+        folder = gt.root / "images" / ("validation" if split == "val" else "training" if split == "train" else split)
+        where = [lambda k: folder / f"{k}.jpg"]
+    elif gt.layout == "coco-stuff":
+        base = gt.root.parent.parent  # annotations/<split>2017 or stuffthingmaps_trainval2017/<split>2017
+        where = [lambda k, b=b: b / f"{k}.jpg" for b in (base / "images" / f"{split}2017", base / f"{split}2017",
+                                                          gt.root.parent / f"{split}2017", gt.root)]
+    elif gt.layout == "cityscapes":
+        where = [lambda k: gt.root / "leftImg8bit" / split / f"{k}_leftImg8bit.png"]
+    else:
+        raise OvlabelError(f"no known image location for layout '{gt.layout}'")
+    out, missing = {}, []
+    for key in gt.files:
+        found = next((p for p in (f(key) for f in where) if p.is_file()), None)
+        if found is None:
+            missing.append(where[0](key))
+        else:
+            out[key] = found
+    if missing:
+        raise OvlabelError(f"{len(missing)} of {len(gt.files)} images of the {gt.layout} {split} split are missing, "
+                           f"e.g. '{missing[0]}'")
+    return out

@@ -84,6 +84,16 @@ def image_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_inde
     return np.bincount(g * k1 + p, minlength=k1 * k1).reshape(k1, k1).astype(np.int64)
 
 
+def image_miou(counts: np.ndarray, k: int, empty: float = float("nan")) -> float:
+    """mIoU of one image's ``(k+1, k+1)`` counts (rows ground truth, columns prediction, the last row and
+    column outside the k classes): the mean IoU over the classes with a non-empty union; ``empty`` if
+    none has one."""
+    inter = np.diag(counts)[:k].astype(np.float64)
+    union = counts[:k].sum(1) + counts[:, :k].sum(0) - inter
+    present = union > 0
+    return float((inter[present] / union[present]).mean()) if present.any() else empty
+
+
 def _nanmean(x: np.ndarray) -> float:
     if np.isnan(x).all():
         return float("nan")

@@ -17,7 +17,7 @@ from ovlabel.config import EvalConfig
 from ovlabel.errors import OvlabelError
 from ovlabel.evaluate.layouts import GroundTruth, load_ground_truth, reduce_zero_label_lut, stem_key
 from ovlabel.evaluate.matching import ClassList, ClassMatch, match_classes, pair_files
-from ovlabel.evaluate.metrics import ConfusionMatrix, Scores, image_counts
+from ovlabel.evaluate.metrics import ConfusionMatrix, Scores, image_counts, image_miou
 
 
 @dataclass
@@ -51,6 +51,9 @@ class EvalResult:
     resized: int
     json_path: Path | None = None
     md_path: Path | None = None
+    #: per scored image (its prediction file): its own mIoU, the mean IoU over the classes in its ground
+    #: truth or prediction (a per-image view; the dataset scores above sum over images first)
+    per_image: dict[Path, float] = field(default_factory=dict)
 
     def table(self) -> str:
         from ovlabel.evaluate.report import text_table
@@ -151,22 +154,23 @@ def evaluate(pred: str | Path, gt: str | Path, cfg: EvalConfig) -> EvalResult:
             + "; pass --allow-missing to score the others (the report lists the missing ones)"
         )
 
-    confusion, resized = _accumulate(pairs, pred_lut, gt_lut, k, cfg)
+    confusion, resized, per_image = _accumulate(pairs, pred_lut, gt_lut, k, cfg)
     result = EvalResult(
         scores=confusion.scores(), confusion=confusion.counts, gt_classes=gt_classes, match=match,
         pred=prediction, gt=truth, cfg=cfg, protocol=protocol.to_json() if protocol else None,
         reduce_zero_label=rzl, unlabeled_as=gt_classes.names[unlabeled_idx] if unlabeled_idx is not None else None,
-        evaluated=len(pairs), missing=missing, extra=extra, resized=resized,
+        evaluated=len(pairs), missing=missing, extra=extra, resized=resized, per_image=per_image,
     )
     result.json_path, result.md_path = write_reports(result, report)
     return result
 
 
-def _accumulate(pairs, pred_lut, gt_lut, k: int, cfg: EvalConfig) -> tuple[ConfusionMatrix, int]:
+def _accumulate(pairs, pred_lut, gt_lut, k: int, cfg: EvalConfig) -> tuple[ConfusionMatrix, int, dict[Path, float]]:
     from tqdm import tqdm
 
     cm = ConfusionMatrix(k)
     resized = 0
+    per_image = {}
 
     def one(item):
         key, gt_path, pred_path = item
@@ -181,17 +185,18 @@ def _accumulate(pairs, pred_lut, gt_lut, k: int, cfg: EvalConfig) -> tuple[Confu
                 )
             pred = _resize_nearest(pred, *gt.shape)
             was_resized = True
-        return image_counts(pred_lut[pred], gt, k), was_resized
+        return pred_path, image_counts(pred_lut[pred], gt, k), was_resized
 
     bar = tqdm(total=len(pairs), unit="img", desc="eval", disable=not cfg.progress, dynamic_ncols=True)
     with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
         for start in range(0, len(pairs), 64 * cfg.workers):  # bounded: a chunk of futures at a time
-            for counts, was_resized in pool.map(one, pairs[start:start + 64 * cfg.workers]):
+            for pred_path, counts, was_resized in pool.map(one, pairs[start:start + 64 * cfg.workers]):
                 cm.counts += counts
                 resized += was_resized
+                per_image[pred_path] = image_miou(counts, k)
                 bar.update(1)
     bar.close()
-    return cm, resized
+    return cm, resized, per_image
 
 
 def _read_index_png(path: Path, what: str) -> np.ndarray:

@@ -110,3 +110,18 @@ def topk(probs: torch.Tensor, classes: np.ndarray, k: int) -> tuple[np.ndarray, 
     idx_np, vals_np = idx[:, :k].numpy(), vals[:, :k].numpy().astype(np.float32)
     cls = np.asarray(classes, dtype=np.int32)
     return cls[idx_np[:, 0]], [(cls[i], v) for i, v in zip(idx_np, vals_np)]
+
+
+def vocabulary_margin(probs: torch.Tensor, class_index) -> np.ndarray:
+    """Per mask, the probability of its class minus that of the best other class, over the whole
+    vocabulary: ``probs`` float ``(N, C)`` (:func:`class_probabilities` against every class's text),
+    ``class_index`` int ``(N,)`` -> float32 ``(N,)`` in [-1, 1]. Negative when CLIP prefers another class
+    than the mask's, including one crop detection did not find in the image (which the decision, made
+    among the detected classes, cannot see). A label-quality signal (ovlabel.quality), not a decision."""
+    p = probs.float().cpu()
+    idx = torch.as_tensor(np.asarray(class_index, dtype=np.int64))
+    own = p[torch.arange(len(p)), idx]
+    if p.shape[1] < 2:
+        return np.full(len(p), np.nan, np.float32)
+    other = p.scatter(1, idx[:, None], float("-inf")).max(dim=1).values
+    return (own - other).numpy().astype(np.float32)

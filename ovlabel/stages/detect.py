@@ -28,9 +28,14 @@ import torch.nn.functional as F
 from ovlabel.config import DetectConfig
 from ovlabel.errors import OvlabelError
 from ovlabel.masks import SOURCE_STAGE_1_1, MaskSet
+from ovlabel.stages.automask import stability_score
 
 #: Masks are upsampled to full resolution this many prompts at a time (bounds memory on large images).
 UPSCALE_CHUNK = 16
+
+#: Logit offset of the stability score stored with each Stage 1.1 mask (segment-anything's default
+#: ``stability_score_offset``, the one ``AutoMaskConfig`` also defaults to). Stored, never filtered on.
+STABILITY_OFFSET = 1.0
 
 
 @dataclass(frozen=True)
@@ -249,6 +254,8 @@ class QuerySamWithClip:
         coords, _ = select_points(fmap, plan.valid_patches(), self.text[present], self.cfg.points_per_class, plan)
         labels = torch.ones(coords.shape[:2], dtype=torch.int64)
         pred = self.sam.predict_points(emb, coords, labels, multimask=self.cfg.multimask)
+        vh, vw = self.sam.low_res_geometry(emb)[:2]
+        stab = stability_score(pred.low_res_logits[:, 0, :vh, :vw], self.sam.mask_threshold, STABILITY_OFFSET)
         parts = []
         present_np = present.cpu().numpy()
         for s in range(0, len(present_np), UPSCALE_CHUNK):
@@ -256,6 +263,6 @@ class QuerySamWithClip:
             dense = self.sam.upscale(emb, pred.low_res_logits[sl])
             parts.append(MaskSet.from_dense(
                 dense, present_np[sl], pred.scores[sl].cpu().numpy(), SOURCE_STAGE_1_1,
-                points=list(coords[sl].numpy()),
+                points=list(coords[sl].numpy()), stability=stab[sl].float().cpu().numpy(),
             ))
         return MaskSet.concat(parts)

@@ -35,13 +35,15 @@ class Stage1Result:
 
 @dataclass
 class _Pending:
-    """A Stage 1.2 result waiting for OVSeg crop probabilities: masks as RLE, FMbSeg probabilities."""
+    """A Stage 1.2 result waiting for OVSeg crop probabilities: masks as RLE, FMbSeg probabilities (over
+    the detected classes, and over the vocabulary for the margin)."""
 
     index: int
     masks: MaskSet
     p_fmbseg: torch.Tensor
     present: np.ndarray
     crops: np.ndarray
+    vocab: torch.Tensor
     keep: torch.Tensor | None = None  # patches with mask pixels, for mask prompts (``mpt``)
 
 
@@ -89,7 +91,8 @@ class Stage1:
                 votes, present = vote_classes(cls_tokens[i], self.text, det.cfg.min_crops, voters, allowed[i])
                 res.votes, res.present = votes.cpu().numpy(), present.cpu().numpy()
                 if "1.1" in needs[i]:
-                    res.masks["1.1"] = det.query_points(emb, plans[i], present, fmaps[i])
+                    res.masks["1.1"] = self._classify_11(det.query_points(emb, plans[i], present, fmaps[i]),
+                                                         plans[i], fmaps[i], res.present)
                 if "1.2" in needs[i]:
                     p = self._stage12(i, images[i], emb, plans[i], fmaps[i], res.present)
                     if isinstance(p, _Pending):
@@ -101,6 +104,16 @@ class Stage1:
             self._classify_crops(pending, results)
         return results
 
+    def _classify_11(self, masks: MaskSet, plan, fmap, present: np.ndarray) -> MaskSet:
+        """Store each Stage 1.1 mask's vocabulary margin (:func:`classify.vocabulary_margin`) without
+        changing its class: a label-quality signal (docs/quality.md), not a decision."""
+        if not len(masks):
+            return masks
+        feats = classify.mean_features(classify.mask_coverage(torch.from_numpy(masks.decode()), plan), fmap)
+        masks.margin = classify.vocabulary_margin(classify.class_probabilities(feats, self.text, self.scale),
+                                                  masks.class_index)
+        return masks
+
     def _stage12(self, i, image, emb, plan, fmap, present: np.ndarray):
         """Automatic masks of one image, classified by FMbSeg at once; returns a MaskSet, or a
         :class:`_Pending` whose OVSeg crops still have to go through CLIP."""
@@ -110,14 +123,16 @@ class Stage1:
         if not len(auto):
             return MaskSet.empty()
         placeholder = np.full(len(auto), present[0], dtype=np.int32)
-        masks = MaskSet.from_dense(auto.masks, placeholder, auto.pred_iou.numpy(), SOURCE_STAGE_1_2)
+        masks = MaskSet.from_dense(auto.masks, placeholder, auto.pred_iou.numpy(), SOURCE_STAGE_1_2,
+                                   stability=auto.stability.numpy())
         cfg = self.classify
+        feats = classify.mean_features(classify.mask_coverage(auto.masks, plan), fmap)
+        vocab = classify.class_probabilities(feats, self.text, self.scale)  # every class: the margin's view
         p = None
         if cfg.classifier in ("fmbseg", "ensemble"):
-            feats = classify.mean_features(classify.mask_coverage(auto.masks, plan), fmap)
             p = classify.class_probabilities(feats, self.text[torch.as_tensor(present)], self.scale)
         if not cfg.needs_crops:
-            return _finish(masks, p, present, cfg.top_k)
+            return _finish(masks, p, present, cfg.top_k, vocab)
         crops = classify.masked_crops(image, auto.masks, masks.boxes, self.clip.input_size, self.clip.fill_color,
                                       cfg.crop_shape)
         keep = None
@@ -126,7 +141,7 @@ class Stage1:
 
             keep = patch_keep(mask_crops(auto.masks, masks.boxes, self.clip.input_size, cfg.crop_shape),
                               self.clip.patch_size)
-        return _Pending(i, masks, p, present, crops, keep)
+        return _Pending(i, masks, p, present, crops, vocab, keep)
 
     def _classify_crops(self, pending: list[_Pending], results: list[Stage1Result]) -> None:
         """OVSeg probabilities for every pending image, with the crops of all of them in shared CLIP batches."""
@@ -148,11 +163,13 @@ class Stage1:
             text = self.crop_text[torch.as_tensor(p.present)]
             p_hat = classify.class_probabilities(torch.stack(feats[k]), text, self.scale)
             probs = p_hat if cfg.classifier == "ovseg" else classify.ensemble(p.p_fmbseg, p_hat, cfg.ensemble_lambda)
-            results[p.index].masks["1.2"] = _finish(p.masks, probs, p.present, cfg.top_k)
+            results[p.index].masks["1.2"] = _finish(p.masks, probs, p.present, cfg.top_k, p.vocab)
 
 
-def _finish(masks: MaskSet, probs: torch.Tensor, present: np.ndarray, k: int) -> MaskSet:
+def _finish(masks: MaskSet, probs: torch.Tensor, present: np.ndarray, k: int, vocab: torch.Tensor) -> MaskSet:
+    """Classes and top-k from ``probs`` (over ``present``); the vocabulary margin from ``vocab`` (N, C)."""
     best, tops = classify.topk(probs, present, k)
     masks.class_index = best
     masks.topk = tops
+    masks.margin = classify.vocabulary_margin(vocab, best)
     return masks
