@@ -4,6 +4,7 @@ One module per group of commands; everything is importable from ``ovlabel.config
 """
 
 from ovlabel.config._checks import _check
+from ovlabel.config.export import FORMATS, IMAGE_MODES, ExportConfig
 from ovlabel.config.refine import GT_LAYOUTS, CRFConfig, EvalConfig, RefineConfig, default_workers
 from ovlabel.config.stage1 import (
     CLASSIFIERS,
@@ -19,7 +20,7 @@ from ovlabel.config.stage1 import (
 from ovlabel.config.stage2 import SegmentConfig, TrainAlignConfig
 
 __all__ = [
-    "CLASSIFIERS", "GT_LAYOUTS", "PAINT_POLICIES", "STAGES", "AutoMaskConfig", "CRFConfig", "ClassifyConfig",
-    "DetectConfig", "EvalConfig", "MergeConfig", "PseudoLabelConfig", "RefineConfig", "SegmentConfig",
+    "CLASSIFIERS", "FORMATS", "GT_LAYOUTS", "IMAGE_MODES", "PAINT_POLICIES", "STAGES", "AutoMaskConfig", "CRFConfig", "ClassifyConfig",
+    "DetectConfig", "EvalConfig", "ExportConfig", "MergeConfig", "PseudoLabelConfig", "RefineConfig", "SegmentConfig",
     "TrainAlignConfig", "_check", "default_workers", "parse_stages",
 ]

@@ -91,3 +91,20 @@ def write_text(dest: str | os.PathLike, text: str) -> None:
 def write_json(dest: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
     """Atomically write ``obj`` as JSON (keys in insertion order, UTF-8, trailing newline)."""
     write_text(dest, json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def atomic_symlink(dest: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Atomically make ``dest`` a symbolic link to ``target`` (replacing whatever ``dest`` was): the link is
+    made under a temporary name in ``dest``'s folder and renamed onto ``dest``."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.{os.urandom(6).hex()}.tmp"
+    os.symlink(os.fspath(target), tmp)
+    try:
+        crash_point("before", dest.name)
+        os.replace(tmp, dest)
+        crash_point("after", dest.name)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
