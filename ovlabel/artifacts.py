@@ -10,6 +10,7 @@
       classes.txt        the vocabulary, one class name per line: line i (0-based) is class index i
       id2label.json      the same as {"0": name, ...} (Hugging Face's convention)
       legend.png         colour legend: each class index and name beside the colour overlays paint it with
+                         (these three: write_class_files, to be called by the run rebuild)
       run.json           provenance: version, models and weight digests, parameters, vocabulary
       overlays/<rel>.jpg coloured overlays with a legend (optional)
       parts/<settings>/<sha256>.parquet

@@ -206,8 +206,12 @@ def test_mmseg_layout_and_config_parse(exported):
 
 
 def test_labelstudio_rle_decodes_to_the_label_maps(exported):
-    brush = pytest.importorskip("label_studio_converter.brush")
+    pytest.importorskip("label_studio_converter")
     import xml.etree.ElementTree as ET
+
+    from ovlabel.export.labelstudio import brush_module
+
+    brush = brush_module()  # label-studio-converter's own brush.py: decode_rle is Label Studio's reference decoder
 
     run, out, _ = exported
     root, labels = out / "labelstudio", _labels(run)
@@ -261,3 +265,142 @@ def test_fiftyone_imports_the_export(exported):
                  label_field="instances")
     assert len(ds) == len(_labels(run))
     assert ds.count("instances.detections") == len(json.load(open(out / "fiftyone" / "labels.json"))["annotations"])
+
+
+def test_rerun_skips_finished_work_and_gives_the_same_bytes(exported):
+    run, out, _ = exported
+    before = tree(out)
+    again = export_run(run, out, ALL, ExportConfig(split=0.6))
+    assert all(d["state"] == "resumed" and d["written"] == 0 and d["skipped"] == 8 for d in again.formats.values())
+    assert tree(out) == before
+
+
+def test_killed_export_resumes_to_the_same_bytes_without_torch(exported, tmp_path):
+    run, ref, _ = exported
+    out = tmp_path / "out"
+    code = ("import sys; from ovlabel.export import export_run, ExportConfig; "
+            f"export_run({str(run)!r}, {str(out)!r}, {ALL!r}, ExportConfig(split=0.6)); "
+            "print('torch' in sys.modules)")
+    env = {**os.environ, "OVLABEL_TEST_KILL_AT": "after:*.txt#4"}
+    killed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    assert list(out.rglob(".*.tmp"))  # the open hf shard was left behind as a temporary file
+    env.pop("OVLABEL_TEST_KILL_AT")
+    resumed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip() == "False"  # export never imports torch
+    assert tree(out) == tree(ref)
+
+
+def test_class_selection_rename_and_min_score(exported, tmp_path):
+    from pycocotools.coco import COCO
+
+    run, _, _ = exported
+    cfg = ExportConfig(split=0.6, classes=("green disk", "red square", "blue stripes"),
+                       rename=parse_rename("blue stripes=red square"), min_score=0.7)
+    summary = export_run(run, tmp_path / "out", ["mmseg", "fiftyone"], cfg)
+    assert summary.classes == ["green disk", "red square"]
+    stems = _stems(run)
+    for name, lab in _labels(run).items():
+        split = "train" if (tmp_path / "out/mmseg/ann_dir/train" / f"{stems[name]}.png").exists() else "val"
+        got = read_label_png(tmp_path / "out/mmseg/ann_dir" / split / f"{stems[name]}.png")
+        # red (0.95) and blue (0.8, renamed to red) stay as exported class 1; green (0.6 < 0.7) and grey
+        # (not selected) become unlabeled
+        np.testing.assert_array_equal(got, np.where((lab == 0) | (lab == 2), 1, 255))
+    coco = COCO(str(tmp_path / "out/fiftyone/labels.json"))
+    assert [c["name"] for c in coco.dataset["categories"]] == ["green disk", "red square"]
+    assert {a["category_id"] for a in coco.dataset["annotations"]} == {2}
+    assert (tmp_path / "out/mmseg/classes.txt").read_text() == "green disk\nred square\n"
+
+
+def test_bad_input_names_the_value(exported, tmp_path):
+    run, _, _ = exported
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "x.txt").write_text("x")
+    with pytest.raises(OvlabelError, match="is not an ovlabel run"):
+        export_run(tmp_path / "plain", tmp_path / "o", ["mmseg"])
+    with pytest.raises(OvlabelError, match=r"--format 'yolo' is invalid: expected yolo-seg \| voc"):
+        parse_formats(["voc,yolo"])
+    with pytest.raises(OvlabelError, match="is inside the run"):
+        export_run(run, run / "exports", ["mmseg"])
+    with pytest.raises(OvlabelError, match=r"--classes: 'cat' is not a class of this run; its classes are: red square"):
+        export_run(run, tmp_path / "o", ["mmseg"], ExportConfig(classes=("cat",)))
+    for kw, option in (({"split": 0}, "--split 0"), ({"images": "cp"}, "--images 'cp'"),
+                       ({"min_score": 2.0}, "--min-score 2.0")):
+        with pytest.raises(OvlabelError, match=option):
+            ExportConfig(**kw)
+    with pytest.raises(OvlabelError, match="--rename 'car'"):
+        parse_rename("car")
+    # an existing export with other settings is kept unless --overwrite; a foreign folder is never touched
+    export_run(run, tmp_path / "o", ["mmseg"], ExportConfig(split=0.6))
+    with pytest.raises(OvlabelError, match="--overwrite"):
+        export_run(run, tmp_path / "o", ["mmseg"], ExportConfig(split=0.5))
+    assert export_run(run, tmp_path / "o", ["mmseg"], ExportConfig(split=0.5, overwrite=True)).formats["mmseg"]["state"] == "replaced"
+    (tmp_path / "f" / "voc").mkdir(parents=True)
+    (tmp_path / "f" / "voc" / "mine.txt").write_text("keep")
+    with pytest.raises(OvlabelError, match="is not an ovlabel export"):
+        export_run(run, tmp_path / "f", ["voc"])
+
+
+def test_moved_images_are_a_clear_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from ovlabel.cli import app
+
+    run = write_test_run(tmp_path)
+    (tmp_path / "images").rename(tmp_path / "moved")
+    for mode in ("copy", "link"):
+        res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / mode), "-f", "mmseg", "--images", mode])
+        assert res.exit_code == 2
+        assert "8 of 8 images" in res.output and str(tmp_path / "images" / "a.jpg") in res.output
+        assert "--image-root" in res.output
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "o"), "-f", "mmseg,voc", "--images", "link",
+                                   "--image-root", str(tmp_path / "moved")])
+    assert res.exit_code == 0, res.output
+    link = next((tmp_path / "o/voc/JPEGImages").iterdir())
+    assert link.is_symlink() and Path(os.readlink(link)).parent == (tmp_path / "moved").resolve()
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "n"), "-f", "hf", "--images", "none"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "u"), "-f", "yolo"])
+    assert res.exit_code == 2 and "--format 'yolo' is invalid" in res.output
+
+
+def test_polygon_keeps_holes_and_joins_parts():
+    cv2 = pytest.importorskip("cv2")
+    pytest.importorskip("supervision")
+    from ovlabel.export.polygons import join_parts, mask_to_polygon
+
+    m = np.zeros((60, 80), bool)
+    m[5:40, 5:40] = True
+    m[15:25, 15:25] = False  # a hole
+    m[45:55, 50:75] = True  # a second part
+    yy, xx = np.mgrid[:60, :80]
+    m |= (yy - 20) ** 2 + (xx - 62) ** 2 < 80  # a third part
+    poly = mask_to_polygon(m)
+    filled = np.zeros(m.shape, np.uint8)
+    cv2.fillPoly(filled, [np.round(poly).astype(np.int32)], 1)  # how Ultralytics rasterises a label
+    filled = filled.astype(bool)
+    assert not filled[15:25, 15:25].any() and (m & ~filled).sum() == 0
+    assert (filled & ~m).sum() <= 40  # only the two thin connecting lines
+    square = np.array([[0, 0], [0, 3], [3, 3], [3, 0]])
+    joined = join_parts([square, square + [10, 0]])
+    assert len(joined) == 4 + 5 + 1 and {tuple(p) for p in joined} == {tuple(p) for p in np.vstack([square, square + [10, 0]])}
+    assert mask_to_polygon(np.pad(np.ones((1, 2), bool), 3)) is None  # two pixels: no polygon
+
+
+def test_write_class_files(tmp_path):
+    paths = write_class_files(tmp_path, ["cat", "dog"])
+    assert [p.name for p in paths] == ["classes.txt", "id2label.json", "legend.png"]
+    assert (tmp_path / "classes.txt").read_text() == "cat\ndog\n"
+    assert json.loads((tmp_path / "id2label.json").read_text()) == {"0": "cat", "1": "dog"}
+    first = (tmp_path / "legend.png").read_bytes()
+    with Image.open(tmp_path / "legend.png") as im:
+        from ovlabel.overlays import class_color
+
+        arr = np.asarray(im.convert("RGB"))
+        assert im.width >= 200 and all((arr == class_color(i)).all(axis=2).any() for i in range(2))
+    write_class_files(tmp_path, ["cat", "dog"])
+    assert (tmp_path / "legend.png").read_bytes() == first
+    with pytest.raises(ValueError):
+        write_class_files(tmp_path, ["a\nb"])
+    shutil.rmtree(tmp_path)

@@ -22,6 +22,7 @@ score of the image's kept masks of its class; the prediction's ``score`` is that
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
@@ -41,7 +42,7 @@ class LabelStudioWriter(FormatWriter):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.brush = require("label_studio_converter.brush", self.name, "label-studio-converter")
+        self.brush = brush_module()
         self.model_version = f"ovlabel {__version__} {self.run.doc.get('settings_key', '')}".strip()
 
     def _paths(self, item: ExportItem):
@@ -93,6 +94,27 @@ class LabelStudioWriter(FormatWriter):
                 fh.write(("" if k == 0 else ",\n") + path.read_text(encoding="utf-8").rstrip("\n"))
             fh.write("\n]\n")
         write_text(self.root / "label_config.xml", label_config(self.class_names))
+
+
+def brush_module():
+    """``label_studio_converter.brush`` (Label Studio's brush RLE: ``mask2rle``, ``decode_rle``), loaded from
+    the installed ``label-studio-converter`` package without running the package's ``__init__``, which
+    imports every converter (pandas, nltk: ~4 s) although the brush module needs only numpy and PIL."""
+    import importlib.util
+    import sys
+
+    name = "ovlabel.export._ls_brush"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec("label_studio_converter")  # locates the package, does not import it
+    if spec is None or not spec.submodule_search_locations:
+        return require("label_studio_converter.brush", "labelstudio", "label-studio-converter")
+    path = Path(list(spec.submodule_search_locations)[0]) / "brush.py"
+    brush_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(brush_spec)
+    brush_spec.loader.exec_module(module)
+    sys.modules[name] = module
+    return module
 
 
 def label_config(class_names: list[str]) -> str:
