@@ -137,7 +137,11 @@ class ExportItem:
         ``min_score``, a pixel keeps its class only where a mask of that class with score >= min_score
         covers it (ovlabel's choice: never a class the label map did not give)."""
         if self._label is None:
-            lab = read_label_png(self.label_path)
+            try:
+                lab = read_label_png(self.label_path)
+            except OSError as exc:
+                raise OvlabelError(f"label map '{self.label_path}' of image '{self.file}' cannot be read "
+                                   f"({exc.strerror or exc}); the run is incomplete, re-run its command") from None
             if lab.shape != (self.height, self.width):
                 raise OvlabelError(f"label map '{self.label_path}' is {lab.shape[1]}x{lab.shape[0]}, but the manifest "
                                    f"says {self.width}x{self.height}; the run is inconsistent, rebuild it")

@@ -50,13 +50,17 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
             os.fsync(fh.fileno())
             if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the file the mode a plain open() would
                 os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
-        crash_point("before", dest.name)
-        os.replace(tmp_path, dest)
-        crash_point("after", dest.name)
+        _rename_into_place(tmp_path, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _rename_into_place(tmp: Path, dest: Path) -> None:
+    crash_point("before", dest.name)
+    os.replace(tmp, dest)
+    crash_point("after", dest.name)
 
 
 _kill_hits = 0
@@ -101,10 +105,7 @@ def atomic_symlink(dest: str | os.PathLike, target: str | os.PathLike) -> None:
     tmp = dest.parent / f".{dest.name}.{os.urandom(6).hex()}.tmp"
     os.symlink(os.fspath(target), tmp)
     try:
-        crash_point("before", dest.name)
-        os.replace(tmp, dest)
-        crash_point("after", dest.name)
+        _rename_into_place(tmp, dest)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
         raise
