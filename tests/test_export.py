@@ -261,10 +261,21 @@ def test_fiftyone_imports_the_export(exported):
     run, out, _ = exported
     root = str(out / "fiftyone")
     ds = fo.Dataset.from_dir(dataset_dir=root, dataset_type=fo.types.ImageSegmentationDirectory, label_field="semantic")
+    ds.default_mask_targets = {int(k): v for k, v in json.load(open(f"{root}/mask_targets.json")).items()}
+    ds.save()
     ds.merge_dir(dataset_dir=root, dataset_type=fo.types.COCODetectionDataset, label_types="segmentations",
                  label_field="instances")
-    assert len(ds) == len(_labels(run))
+    labels, stems = _labels(run), _stems(run)
+    assert len(ds) == len(labels)
     assert ds.count("instances.detections") == len(json.load(open(out / "fiftyone" / "labels.json"))["annotations"])
+    by_stem = {s: f for f, s in stems.items()}
+    for sample in ds:
+        lab = labels[by_stem[os.path.splitext(os.path.basename(sample.filepath))[0]]]
+        mask = sample.semantic.get_mask() if hasattr(sample.semantic, "get_mask") else sample.semantic.mask
+        np.testing.assert_array_equal(mask, np.where(lab == 255, 0, lab + 1))
+        for det in (sample.instances.detections if sample.instances else []):
+            assert det.confidence == pytest.approx(float(SCORES[CLASSES.index(det.label)]), abs=1e-6)
+    assert ds.default_mask_targets[1] == CLASSES[0]
 
 
 def test_rerun_skips_finished_work_and_gives_the_same_bytes(exported):
