@@ -2,8 +2,10 @@
 
 A run of N 512x512 images with 21 classes in irregular regions (benchmarks/refine_eval.py's ``make_run``:
 one mask per class per image) is exported to each format in a fresh child process (``--images copy``),
-for N and 4N images: seconds per image (the library imports excluded: they are timed apart) and the
-child's peak resident memory, which should not grow with N (the export streams).
+for N and 4N images: seconds per image (the imports of ovlabel.export and of the format's libraries are
+timed apart) and the
+child's peak resident memory (Linux ``VmHWM``), which should not grow with N (the export streams). Needs
+scikit-image (refine_eval.py's run uses its astronaut photo).
 
     python benchmarks/export.py                     # N=25 and 100
     python benchmarks/export.py --images 10 --formats mmseg hf
@@ -22,19 +24,25 @@ sys.path.insert(0, str(Path(__file__).parent))
 from refine_eval import machine, make_run  # noqa: E402
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from ovlabel.config.export import ExportConfig
 t0 = time.perf_counter()
 import ovlabel.export
 from ovlabel.export import _WRITERS
 import importlib
 importlib.import_module(_WRITERS[sys.argv[3]][0])
+for dep in {"yolo-seg": ["supervision", "cv2"], "voc": ["supervision", "cv2"], "hf": ["datasets"]}.get(sys.argv[3], []):
+    importlib.import_module(dep)
+if sys.argv[3] == "labelstudio":
+    from ovlabel.export.labelstudio import brush_module
+    brush_module()
 t1 = time.perf_counter()
 from ovlabel.export import export_run
 export_run(sys.argv[1], sys.argv[2], [sys.argv[3]], ExportConfig(split=0.9))
 t2 = time.perf_counter()
-print(json.dumps({"import_s": t1 - t0, "export_s": t2 - t1,
-                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM: this process's peak resident memory (ru_maxrss would include the parent's, copied at fork)
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"import_s": t1 - t0, "export_s": t2 - t1, "peak_mib": hwm / 1024}))
 """
 
 

@@ -87,7 +87,9 @@ class HfWriter(FormatWriter):
                 self._close(split, commit=False)
             ctx = atomic_path(self.shard_path(split, k))
             tmp = ctx.__enter__()
-            writer = pq.ParquetWriter(tmp, self.schema)
+            # no dictionary encoding: encoded images are all distinct, and with it the writer's peak memory
+            # rose with the rows written (measured with 400 KB rows: 355 -> 399 MiB for 300 -> 1200 rows; flat without)
+            writer = pq.ParquetWriter(tmp, self.schema, use_dictionary=False)
             cur = self._open[split] = (k, ctx, writer, [])
         cur[3].append(self.row(item))
         last = pos == self.sizes[(split, k)] - 1
