@@ -7,6 +7,10 @@
       masks.parquet      one row per mask (MASKS_SCHEMA), RLE-encoded
       coco.json          COCO instances, RLE segmentations, vocabulary as categories
       labels/<rel>.png   uint8 label map per image: class index, 255 = unlabeled
+      classes.txt        the vocabulary, one class name per line: line i (0-based) is class index i
+      id2label.json      the same as {"0": name, ...} (Hugging Face's convention)
+      legend.png         colour legend: each class index and name beside the colour overlays paint it with
+                         (these three: write_class_files, called by every rebuild)
       run.json           provenance: version, models and weight digests, parameters, vocabulary
       overlays/<rel>.jpg coloured overlays with a legend (optional)
       parts/<settings>/<sha256>.parquet
@@ -35,6 +39,9 @@ from ovlabel.io.atomic import atomic_path
 from ovlabel.masks import MaskSet
 
 IGNORE_INDEX = 255
+
+#: Class files beside ``labels/`` (:func:`write_class_files`): names that make label PNGs self-describing.
+CLASSES_TXT, ID2LABEL_JSON, LEGEND_PNG = "classes.txt", "id2label.json", "legend.png"
 
 MANIFEST_SCHEMA = pa.schema([
     ("image_id", pa.int64()),
@@ -98,6 +105,9 @@ class RunLayout:
         self.coco = self.root / "coco.json"
         self.run_json = self.root / "run.json"
         self.labels = self.root / "labels"
+        self.classes_txt = self.root / CLASSES_TXT
+        self.id2label = self.root / ID2LABEL_JSON
+        self.legend = self.root / LEGEND_PNG
         self.overlays = self.root / "overlays"
         self.parts = self.root / "parts"
         self.cache = self.root / "cache"
@@ -241,44 +251,83 @@ def write_masks_and_coco(
         with pq.ParquetWriter(pq_tmp, MASKS_SCHEMA, compression="zstd") as writer, open(
             coco_tmp, "w", encoding="utf-8"
         ) as fh:
-            fh.write("{\n" + f'"info": {_j(info)},\n"licenses": [],\n"images": [\n')
-            fh.write(",\n".join(
-                _j({"id": r["image_id"], "file_name": r["file"], "width": r["width"], "height": r["height"]})
-                for r in images
-            ))
-            fh.write('\n],\n"annotations": [\n')
-            first = True
-            for image_id, ms in per_image:
-                q = image_quality(ms, *sizes[image_id])
-                quality[image_id] = q.manifest_columns()
-                n = len(ms)
-                if not n:
-                    continue
-                ids = list(range(mask_id + 1, mask_id + n + 1))
-                cols = {"image_id": [image_id] * n, "mask_id": ids, "category": [class_names[c] for c in ms.class_index]}
-                cols.update(_mask_columns(ms))
-                cols.update(margin=_nullable(q.mask_margin), agreement=_nullable(q.mask_agreement),
-                            quality=_nullable(q.mask_quality))  # margin: as the estimate used it
-                writer.write_table(pa.Table.from_pydict(cols, schema=MASKS_SCHEMA))
-                for i in range(n):
-                    x1, y1, x2, y2 = (float(v) for v in ms.boxes[i])
-                    ann = {
-                        "id": ids[i],
-                        "image_id": image_id,
-                        "category_id": int(ms.class_index[i]) + 1,
-                        "segmentation": {"size": list(map(int, ms.rles[i]["size"])), "counts": ms.rles[i]["counts"]},
-                        "area": int(ms.areas[i]),
-                        "bbox": [x1, y1, x2 - x1, y2 - y1],
-                        "iscrowd": 0,
-                        "score": round(float(ms.scores[i]), 6),
-                        "source": ms.source[i],
-                    }
-                    fh.write(("" if first else ",\n") + _j(ann))
-                    first = False
-                mask_id += n
-            cats = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(class_names)]
-            fh.write('\n],\n"categories": ' + _j(cats) + "\n}\n")
+
+            def annotations():
+                nonlocal mask_id
+                for image_id, ms in per_image:
+                    q = image_quality(ms, *sizes[image_id])
+                    quality[image_id] = q.manifest_columns()
+                    n = len(ms)
+                    if not n:
+                        continue
+                    ids = list(range(mask_id + 1, mask_id + n + 1))
+                    cols = {"image_id": [image_id] * n, "mask_id": ids, "category": [class_names[c] for c in ms.class_index]}
+                    cols.update(_mask_columns(ms))
+                    cols.update(margin=_nullable(q.mask_margin), agreement=_nullable(q.mask_agreement),
+                                quality=_nullable(q.mask_quality))  # margin: as the estimate used it
+                    writer.write_table(pa.Table.from_pydict(cols, schema=MASKS_SCHEMA))
+                    for i in range(n):
+                        yield coco_annotation(ids[i], image_id, ms, i)
+                    mask_id += n
+
+            coco_images = ({"id": r["image_id"], "file_name": r["file"], "width": r["width"], "height": r["height"]}
+                           for r in images)
+            write_coco(fh, info, coco_images, annotations(), class_names)
     return WrittenMasks(mask_id, quality)
+
+
+def coco_annotation(ann_id: int, image_id: int, ms: MaskSet, i: int) -> dict:
+    """COCO annotation dict of mask ``i`` of ``ms``: RLE ``segmentation``, ``bbox`` as ``xywh`` (converted
+    from the MaskSet's xyxy pixel edges, here and only here), ``category_id = class_index + 1``, ``iscrowd``
+    0, plus ``score`` (rounded to 6 decimals) and ``source``."""
+    x1, y1, x2, y2 = (float(v) for v in ms.boxes[i])
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": int(ms.class_index[i]) + 1,
+        "segmentation": {"size": list(map(int, ms.rles[i]["size"])), "counts": ms.rles[i]["counts"]},
+        "area": int(ms.areas[i]),
+        "bbox": [x1, y1, x2 - x1, y2 - y1],
+        "iscrowd": 0,
+        "score": round(float(ms.scores[i]), 6),
+        "source": ms.source[i],
+    }
+
+
+def write_coco(fh, info: dict, images, annotations, class_names: list[str]) -> None:
+    """Stream a COCO instances file into the text file ``fh``: ``images`` (iterable of image dicts) and
+    ``annotations`` (iterable of annotation dicts, e.g. :func:`coco_annotation`) are consumed one at a
+    time; ``categories`` are ``class_names`` with ``id = index + 1``. Same inputs, same bytes."""
+    fh.write("{\n" + f'"info": {_j(info)},\n"licenses": [],\n"images": [\n')
+    fh.write(",\n".join(_j(im) for im in images))
+    fh.write('\n],\n"annotations": [\n')
+    first = True
+    for ann in annotations:
+        fh.write(("" if first else ",\n") + _j(ann))
+        first = False
+    cats = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(class_names)]
+    fh.write('\n],\n"categories": ' + _j(cats) + "\n}\n")
+
+
+def write_class_files(root: str | Path, class_names: list[str]) -> list[Path]:
+    """Write the class files that make label PNGs self-describing into the folder ``root`` (a run
+    directory, beside ``labels/``, or an export): ``classes.txt`` (one name per line; line i, 0-based, is
+    class index i), ``id2label.json`` (``{"0": name, ...}``) and ``legend.png`` (each index and name beside
+    the colour :mod:`ovlabel.overlays` paints it with; 255 = unlabeled). Atomic; same names, same bytes.
+    Returns the three paths."""
+    from ovlabel.io.atomic import write_json, write_text
+    from ovlabel.overlays import render_legend
+
+    root = Path(root)
+    bad = [n for n in class_names if not n or "\n" in n or "\r" in n]
+    if bad:
+        raise ValueError(f"class names must be non-empty single lines; got {bad!r}")
+    paths = [root / CLASSES_TXT, root / ID2LABEL_JSON, root / LEGEND_PNG]
+    write_text(paths[0], "".join(f"{n}\n" for n in class_names))
+    write_json(paths[1], {str(i): n for i, n in enumerate(class_names)})
+    with atomic_path(paths[2]) as tmp:
+        render_legend(list(class_names)).save(tmp, format="PNG")
+    return paths
 
 
 def _j(obj) -> str:

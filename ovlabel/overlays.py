@@ -37,16 +37,40 @@ def render_overlay(image: np.ndarray, label_map: np.ndarray, class_names: list[s
     font_size = max(11, min(28, h // 32))
     font = ImageFont.load_default(size=font_size)
     line = font_size + 6
-    rows = [(int(present[i]), counts[i] / label_map.size) for i in order]
+    rows = [(int(present[i]), f"{_name(class_names, int(present[i]))} {counts[i] / label_map.size:.0%}") for i in order]
     legend_w = max(160, 14 * font_size)
     canvas = Image.new("RGB", (w + legend_w, max(h, line * (len(rows) + 2))), (255, 255, 255))
     canvas.paste(Image.fromarray(out), (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    x0 = w + 8
-    draw.text((x0, 4), "classes" if rows else "no labels", fill=(0, 0, 0), font=font)
-    for k, (c, share) in enumerate(rows, start=1):
-        y = 4 + k * line
-        draw.rectangle([x0, y + 2, x0 + font_size, y + 2 + font_size], fill=class_color(c), outline=(0, 0, 0))
-        name = class_names[c] if c < len(class_names) else f"class {c}"
-        draw.text((x0 + font_size + 6, y), f"{name} {share:.0%}", fill=(0, 0, 0), font=font)
+    _draw_legend(ImageDraw.Draw(canvas), w + 8, "classes" if rows else "no labels", rows, font, font_size)
     return canvas
+
+
+def render_legend(class_names: list[str], font_size: int = 16):
+    """The colour legend of a vocabulary: one row per class, ``index name`` beside its :func:`class_color`
+    swatch (the colour overlays paint it with), in index order, and a last row for 255 (unlabeled, left
+    unpainted). Returns a PIL RGB image; the same names give the same pixels."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=font_size)
+    rows = [(i, f"{i:3d}  {name}") for i, name in enumerate(class_names)]
+    rows.append((None, f"{IGNORE_INDEX:3d}  unlabeled (not painted)"))
+    width = 40 + font_size * 2 + int(max(font.getlength(text) for _, text in rows))
+    canvas = Image.new("RGB", (max(width, 200), (font_size + 6) * (len(rows) + 1) + 8), (255, 255, 255))
+    _draw_legend(ImageDraw.Draw(canvas), 8, "class colours", rows, font, font_size)
+    return canvas
+
+
+def _name(class_names: list[str], c: int) -> str:
+    return class_names[c] if c < len(class_names) else f"class {c}"
+
+
+def _draw_legend(draw, x0: int, title: str, rows, font, font_size: int) -> None:
+    """Draw ``title`` and one row per ``(class index or None, text)``: a swatch of the class colour (white
+    for None) and the text, starting at ``x0``, 4 px from the top."""
+    line = font_size + 6
+    draw.text((x0, 4), title, fill=(0, 0, 0), font=font)
+    for k, (c, text) in enumerate(rows, start=1):
+        y = 4 + k * line
+        fill = (255, 255, 255) if c is None else class_color(c)
+        draw.rectangle([x0, y + 2, x0 + font_size, y + 2 + font_size], fill=fill, outline=(0, 0, 0))
+        draw.text((x0 + font_size + 6, y), text, fill=(0, 0, 0), font=font)

@@ -72,6 +72,8 @@ def test_python_api_labels_and_returns_the_run(image_folder, tmp_path):
                         progress=False, detect={"resolution": 224}, automask={"points_per_side": 8,
                         "pred_iou_thresh": 0, "stability_score_thresh": 0})
     assert run.summary.labelled == 5 and run.classes == ["cat", "dog", "sky"]
+    assert (run.path / "classes.txt").read_text(encoding="utf-8").splitlines() == run.classes  # self-describing PNGs
+    assert json.loads((run.path / "id2label.json").read_text()) == {"0": "cat", "1": "dog", "2": "sky"}
     rows = {r["file"]: r for r in run.images()}
     labelled = dict((row["file"], ms) for row, ms in run.masks())
     assert set(labelled) == set(rows) and sum(len(ms) for ms in labelled.values()) == run.summary.masks

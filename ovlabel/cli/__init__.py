@@ -14,7 +14,7 @@ import importlib
 
 from ovlabel.cli._app import app
 
-COMMAND_MODULES = ("label", "salience", "align", "mpt", "evaluate", "report", "benchmark", "ci", "info")
+COMMAND_MODULES = ("label", "salience", "align", "mpt", "evaluate", "report", "benchmark", "export", "ci", "info")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"ovlabel.cli.{_name}")

@@ -21,6 +21,7 @@ from ovlabel.artifacts import (
     read_label_png,
     read_manifest,
     without_quality,
+    write_class_files,
     write_label_png,
     write_manifest,
     write_masks_and_coco,
@@ -111,6 +112,8 @@ def rebuild(layout: RunLayout, stage, store: PartStore, rows: list[dict], ids: d
             r.update(written.quality[r["image_id"]])
         write_manifest(layout.manifest, rows)
     summary.masks = sum(r["num_masks"] for r in ok)
+    if not up_to_date or not layout.classes_txt.exists():
+        write_class_files(layout.root, stage.class_names)  # classes.txt, id2label.json, legend.png
     _prune(layout, store, ok, ids)
     record.save(paint)
     if stage.overlays:  # a relabelled image lost its overlay when its label map changed

@@ -51,13 +51,17 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
             os.fsync(fh.fileno())
             if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the file the mode a plain open() would
                 os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
-        crash_point("before", dest.name)
-        os.replace(tmp_path, dest)
-        crash_point("after", dest.name)
+        _rename_into_place(tmp_path, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _rename_into_place(tmp: Path, dest: Path) -> None:
+    crash_point("before", dest.name)
+    os.replace(tmp, dest)
+    crash_point("after", dest.name)
 
 
 _kill_hits = 0
@@ -105,3 +109,17 @@ def write_text(dest: str | os.PathLike, text: str) -> None:
 def write_json(dest: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
     """Atomically write ``obj`` as JSON (keys in insertion order, UTF-8, trailing newline)."""
     write_text(dest, json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def atomic_symlink(dest: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Atomically make ``dest`` a symbolic link to ``target`` (replacing whatever ``dest`` was): the link is
+    made under a temporary name in ``dest``'s folder and renamed onto ``dest``."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.{os.urandom(6).hex()}.tmp"
+    os.symlink(os.fspath(target), tmp)
+    try:
+        _rename_into_place(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -116,7 +116,7 @@ def remove_stale_temps(root: str | os.PathLike) -> int:
     while holding :func:`run_lock` on ``root`` (no other process is writing there)."""
     n = 0
     for p in Path(root).rglob(".*.tmp"):
-        if p.is_file() and is_temp_name(p.name):
+        if (p.is_file() or p.is_symlink()) and is_temp_name(p.name):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
                 n += 1
