@@ -119,9 +119,14 @@ class SalienceRunConfig(ModelRunConfig):
     batch_size: int = knob(4, help="Images per BLIP forward/backward pass.")
     keep_soft: bool = knob(False, help="Also keep the blurred class probabilities in <out>/soft/ (compressed) for "
                            "`ovlabel refine`.", flag="--keep-soft")
+    captions: str | None = knob(None, help="Captions file (JSON lines or CSV: image, caption): each image looks for the "
+                                "vocabulary classes its captions name only (OVSegmentor §3).", shown="none")
+    captions_missing: str = knob("all", help="Images the captions name no class for: all (the whole vocabulary) or "
+                                 "none (no class: unlabeled).")
 
     def __post_init__(self):
         super().__post_init__()
+        _check(self, [(self.captions_missing in ("all", "none"), "captions_missing", "all or none")])
         if self.batch_size < 1:
             raise OvlabelError(f"batch_size={self.batch_size!r} is invalid: expected an integer >= 1")
 

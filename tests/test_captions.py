@@ -161,3 +161,45 @@ def test_stage1_labels_each_image_with_its_allowed_classes():
     for ms in only_green.masks.values():
         assert set(ms.class_index.tolist()) == {1}
     assert nothing.present.tolist() == [] and all(len(ms) == 0 for ms in nothing.masks.values())
+
+
+def test_pseudo_label_and_salience_with_captions_label_each_image_with_its_classes_only(image_folder, tmp_path):
+    import pyarrow.parquet as pq
+    from test_cli import LOOSE, TINY, runner
+
+    from ovlabel.cli import app
+
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text('{"image": "a.jpg", "caption": "Two dogs on the grass."}\n'
+                        '{"image": "sub/b.png", "caption": "a cat under a blue sky"}\n'
+                        '{"image": "tiny.png", "caption": ""}\n', encoding="utf-8")
+    out = tmp_path / "run"
+    args = ["pseudo-label", str(image_folder), "--out", str(out), *TINY, *LOOSE, "--vocab", "cat,dog,sky",
+            "--captions", str(captions), "--captions-missing", "none"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    allowed = {"a.jpg": {1}, "sub/b.png": {0, 2}}  # no caption / empty caption / no known class: none
+    masks = pq.read_table(out / "masks.parquet").to_pylist()
+    rows = {r["image_id"]: r["file"] for r in pq.read_table(out / "manifest.parquet").to_pylist()}
+    for m in masks:
+        assert m["class_index"] in allowed.get(rows[m["image_id"]], set()), (rows[m["image_id"]], m["class_index"])
+    doc = json.loads((out / "run.json").read_text())
+    assert doc["captions"]["images_by_reason"] == {"caption": 2, "empty caption": 1, "no caption": 2}
+    assert doc["settings"]["captions"] == {"file": "captions.jsonl", "missing": "none"}
+
+    # another caption for one image: only that image is labelled again
+    captions.write_text(captions.read_text().replace("Two dogs", "A cat"), encoding="utf-8")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "5 labelled (1 new, 4 already done)" in res.output
+
+    sal = tmp_path / "sal"
+    res = runner.invoke(app, ["salience", str(image_folder), "--out", str(sal), "--vocab", "cat,dog,sky",
+                              "--captions", str(captions), "--captions-missing", "none", "--models", "tiny",
+                              "--device", "cpu", "--no-progress", "--resolution", "64", "--threshold", "0", "--no-crf"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((sal / "run.json").read_text())
+    assert doc["settings"]["classes_from"].startswith("captions (captions.jsonl")
+    rows = {r["image_id"]: r["file"] for r in pq.read_table(sal / "manifest.parquet").to_pylist()}
+    for m in pq.read_table(sal / "masks.parquet").to_pylist():
+        assert m["class_index"] in {"a.jpg": {0}, "sub/b.png": {0, 2}}.get(rows[m["image_id"]], set())

@@ -253,9 +253,14 @@ class PseudoLabelConfig(ModelRunConfig):
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     image_batch: int = knob(8, help="Images in flight at once (their CLIP crops share batches).")
+    captions: str | None = knob(None, help="Captions file (JSON lines or CSV: image, caption): each image is labelled "
+                                "with the vocabulary classes its captions name only (OVSegmentor §3).", shown="none")
+    captions_missing: str = knob("all", help="Images the captions name no class for: all (the whole vocabulary) or "
+                                 "none (no class: unlabeled).")
 
     def __post_init__(self):
         super().__post_init__()
+        _check(self, [(self.captions_missing in ("all", "none"), "captions_missing", "all or none")])
         if self.image_batch < 1:
             raise OvlabelError(f"image_batch={self.image_batch!r} is invalid: expected an integer >= 1")
         if isinstance(self.stages, str):

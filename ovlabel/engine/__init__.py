@@ -12,11 +12,19 @@
 Importing this package does not import torch.
 """
 
-from ovlabel.engine.inputs import Inputs, Item, check_output_dir, from_images, from_run, is_run
+from ovlabel.engine.inputs import (
+    Inputs,
+    Item,
+    check_output_dir,
+    from_images,
+    from_run,
+    is_run,
+    restrict_to_captions,
+)
 from ovlabel.engine.provenance import settings_key
 from ovlabel.engine.run import execute
 from ovlabel.engine.stage import Output, Stage, Work, Worker
 from ovlabel.engine.summary import RunSummary
 
 __all__ = ["Inputs", "Item", "Output", "RunSummary", "Stage", "Work", "Worker", "check_output_dir", "execute",
-           "from_images", "from_run", "is_run", "settings_key"]
+           "from_images", "from_run", "is_run", "restrict_to_captions", "settings_key"]

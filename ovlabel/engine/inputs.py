@@ -98,6 +98,21 @@ def from_run(run_dir: str | Path, images: str | Path | None = None) -> Inputs:
     return Inputs(items, root, info, layout, doc, rows)
 
 
+def restrict_to_captions(inputs: Inputs, captions: str | Path, vocab, missing: str) -> dict:
+    """Set each item's ``classes`` to the vocabulary classes its captions name (OVSegmentor §3; images the
+    captions name none of get the whole vocabulary with ``missing="all"``, none with ``"none"``:
+    :func:`ovlabel.captions.captions_to_classes`). Returns the provenance for run.json: the file's name and
+    SHA-256, the rule, and how many images each reason applied to."""
+    from collections import Counter
+
+    from ovlabel.captions import captions_to_classes
+
+    found = captions_to_classes(captions, vocab, [i.file for i in inputs.items], missing)
+    for item in inputs.items:
+        item.classes = tuple(found[item.file])
+    return found.info | {"images_by_reason": dict(sorted(Counter(found.reasons.values()).items()))}
+
+
 def _parent_failure(reason: str | None) -> str:
     """A parent run's failure reason as this run's (once: a chain of runs does not repeat the prefix)."""
     prefix = "failed in the parent run: "

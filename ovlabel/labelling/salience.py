@@ -13,7 +13,18 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from ovlabel.engine import Inputs, Output, Stage, Worker, execute, from_images, from_run, is_run, settings_key
+from ovlabel.engine import (
+    Inputs,
+    Output,
+    Stage,
+    Worker,
+    execute,
+    from_images,
+    from_run,
+    is_run,
+    restrict_to_captions,
+    settings_key,
+)
 from ovlabel.engine.store import digest
 from ovlabel.engine.summary import RunSummary
 from ovlabel.errors import OvlabelError
@@ -138,5 +149,11 @@ def salience(inputs, out, cfg: SalienceRunConfig, model=None) -> RunSummary:
     out = Path(out).expanduser().resolve()
     spec = blip_spec(cfg)  # a bad option fails before the input is searched
     res, vocab, classes_from = resolve_inputs(inputs, cfg.vocab, cfg.images, exclude=out)
+    captions = None
+    if cfg.captions:  # each image looks for the classes its captions name (OVSegmentor §3)
+        captions = restrict_to_captions(res, cfg.captions, vocab, cfg.captions_missing)
+        classes_from = f"captions ({captions['file']}, images without a class: {cfg.captions_missing})"
     stage = SalienceStage(res, vocab, classes_from, cfg, spec, model)
+    if captions:
+        stage.extra["captions"] = captions
     return execute(stage, out, (lambda: SalienceWorker(stage, cfg.device, model)) if model else None)

@@ -14,7 +14,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from ovlabel.config import AutoMaskConfig, ClassifyConfig, DetectConfig, MergeConfig, PseudoLabelConfig
-from ovlabel.engine import Output, Stage, Worker, execute, from_images, settings_key
+from ovlabel.engine import Output, Stage, Worker, execute, from_images, restrict_to_captions, settings_key
+from ovlabel.engine.store import digest
 from ovlabel.engine.summary import RunSummary
 from ovlabel.errors import OvlabelError
 from ovlabel.merge import merge_stages, merged_count
@@ -107,7 +108,7 @@ class Stage1Worker(Worker):
         import torch
 
         with torch.inference_mode():
-            results = self.stage1.process(images, [set(w.needs) for w in works])
+            results = self.stage1.process(images, [set(w.needs) for w in works], [w.item.classes for w in works])
         return [Output(r.masks, img.shape[:2]) for r, img in zip(results, images)]
 
     def identities(self) -> dict:
@@ -149,6 +150,19 @@ class Stage1Stage(Stage):
     def worker(self, device: str) -> Stage1Worker:
         return Stage1Worker(self, device)
 
+    def use_captions(self, inputs) -> None:
+        """Restrict each image to the classes its captions name (``cfg.captions``): crops vote only among
+        them, so both stages label with them only, and each image's parts are keyed on its class list."""
+        info = restrict_to_captions(inputs, self.cfg.captions, self.vocab, self.cfg.captions_missing)
+        self.extra["captions"] = info
+        self.settings["captions"] = {"file": portable_name(info["file"]), "missing": self.cfg.captions_missing}
+
+    def part_ids(self, item, sha256):
+        if item.classes is None:  # no captions: the image's content alone (the keys of every earlier run)
+            return {s: sha256 for s in self.keys}
+        pid = digest(sha256, ",".join(map(str, item.classes)))
+        return {s: pid for s in self.keys}
+
     def merge(self, parts, sha256):
         return merge_stages(parts, sha256, self.cfg.merge)
 
@@ -172,6 +186,8 @@ def label(inputs: str | Path, out: str | Path, cfg: PseudoLabelConfig, models: d
     out = Path(out).expanduser().resolve()
     stage = Stage1Stage(cfg, models, command, rebuild_stages)
     stage.inputs = from_images(inputs, exclude=out)
+    if cfg.captions:
+        stage.use_captions(stage.inputs)
     return execute(stage, out, (lambda: Stage1Worker(stage, cfg.device, models)) if models else None)
 
 
