@@ -52,7 +52,7 @@ def one_seed(tmp: Path, seed: int, scenario: str, models: dict) -> dict[str, flo
     from ovlabel.artifacts import RunLayout, read_label_png, read_manifest
     from ovlabel.config import SegmentConfig, TrainAlignConfig
     from ovlabel.labelling.segment import segment
-    from ovlabel.stages import train as train_mod
+    from ovlabel.training import align as train_mod
     from scenes import CLASSES, VOCAB, write_images, write_run
 
     root = tmp / f"{scenario}-{seed}"

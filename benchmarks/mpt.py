@@ -1,7 +1,7 @@
 """Mask prompt tuning (OVSeg §3.3): held-out accuracy of the masked-crop classifier with and without the
 learned prompts, side by side, on two synthetic tasks (tiny random CLIPs: learning, not quality).
 
-1. scenes: ``train-mpt``'s own path (:func:`ovlabel.stages.mpt.train`) on a run of tests/scenes.py
+1. scenes: ``train-mpt``'s own path (:func:`ovlabel.training.mpt.train`) on a run of tests/scenes.py
    scenes (pseudo labels = ground truth), then every ground-truth mask of held-out scenes is cropped as
    the ``ovseg`` classifier crops it and classified among the 4 classes, with plain CLIP and with the
    prompts. Squares and stripes fill their boxes (no blank patch: the prompts cannot change them); disks
@@ -33,8 +33,8 @@ def scene_crops(clip, folder: Path, gt: dict):
     import torch
     from PIL import Image
 
-    from ovlabel.models.clip_mpt import mask_crops, patch_keep
-    from ovlabel.stages.classify import masked_crops
+    from ovlabel.models.clip_mpt import patch_keep
+    from ovlabel.stages.classify import mask_crops, masked_crops
     from scenes import masks_of
 
     crops, keeps, labels = [], [], []
@@ -73,8 +73,8 @@ def main() -> None:
     from ovlabel.config.mpt import MptConfig
     from ovlabel.models.clip_mpt import load_prompts
     from ovlabel.models.registry import load_model, parse_model
-    from ovlabel.stages import mpt
     from ovlabel.text import class_text_features
+    from ovlabel.training import mpt
     from ovlabel.vocab import load_templates, load_vocabulary
     from scenes import VOCAB, write_images, write_run
 

@@ -50,9 +50,9 @@ def machine() -> str:
 def label_set(root: Path, n: int, seed: int, stage2: bool, epochs: int) -> list[dict]:
     """Scenes, the corrupted run (and Stage 2's run); per image: kind, severity, true mIoU, the manifest's
     estimate and the image-level signals (with the reference when Stage 2 ran)."""
+    import calibration as cal
     import torch
 
-    import calibration as cal
     from ovlabel.artifacts import read_label_png, read_manifest, read_masks
     from ovlabel.quality import image_quality
 
@@ -140,6 +140,7 @@ def main() -> None:
 
 def report(args, tmp: Path) -> None:
     import calibration as cal
+
     from ovlabel.quality import WEIGHTS
 
     os.environ.setdefault("OVLABEL_CACHE", str(tmp / "cache"))

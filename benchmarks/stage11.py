@@ -39,8 +39,8 @@ def main() -> None:
 
     from ovlabel.config import DetectConfig, PseudoLabelConfig
     from ovlabel.device import resolve_device, resolve_precision
-    from ovlabel.models.registry import load_model, parse_model
     from ovlabel.labelling.stage1 import label as run
+    from ovlabel.models.registry import load_model, parse_model
 
     torch.set_flush_denormal(True)
     device = resolve_device(args.device)

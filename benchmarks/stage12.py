@@ -59,8 +59,8 @@ def main() -> None:
     from ovlabel.config import AutoMaskConfig, ClassifyConfig, PseudoLabelConfig
     from ovlabel.device import resolve_device, resolve_precision
     from ovlabel.io.images import decode_image, discover_images, read_file
-    from ovlabel.models.registry import load_model, parse_model
     from ovlabel.labelling.stage1 import label as run
+    from ovlabel.models.registry import load_model, parse_model
     from ovlabel.text import class_text_features
     from ovlabel.vocab import load_templates, load_vocabulary
 

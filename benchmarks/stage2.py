@@ -52,8 +52,8 @@ def main() -> None:
     from ovlabel.device import resolve_device, resolve_precision
     from ovlabel.features import patch_grid
     from ovlabel.io.images import decode_image, discover_images, read_file
-    from ovlabel.models.registry import load_model, parse_model
     from ovlabel.labelling.segment import segment
+    from ovlabel.models.registry import load_model, parse_model
     from ovlabel.stages import segment as seg
     from ovlabel.stages.align import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, build_module, save_weights
     from ovlabel.text import class_text_features
@@ -155,9 +155,9 @@ def _train_steps(enc, text, dims, args, device, precision, tmp: Path, timed):
 
     from ovlabel.config import TrainAlignConfig
     from ovlabel.features import FeatureCache
-    from ovlabel.stages import train as tr
     from ovlabel.stages.align import build_module
     from ovlabel.stages.trainset import TrainImage
+    from ovlabel.training import align as tr
 
     g = args.resolution // 14
     rng = np.random.default_rng(0)

@@ -56,7 +56,7 @@ def main() -> None:
     from ovlabel.artifacts import RunLayout, read_label_png, read_manifest
     from ovlabel.config import SegmentConfig, TrainAlignConfig
     from ovlabel.labelling.segment import segment
-    from ovlabel.stages import train as train_mod
+    from ovlabel.training import align as train_mod
     from scenes import VOCAB, miou, write_images, write_run
 
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()

@@ -147,9 +147,9 @@ def segment(images: str | Path, out: str | Path, *, classes: str, checkpoint: st
 def train_align(run: str | Path, out: str | Path, *, config: str | Path | None = None, loaded: dict | None = None,
                 **settings):
     """``train-align``: train FMbSeg's alignment module on a run's labels into the checkpoint folder ``out``;
-    returns its :class:`ovlabel.stages.train.TrainSummary`."""
+    returns its :class:`ovlabel.training.align.TrainSummary`."""
     from ovlabel.config import TrainAlignConfig
-    from ovlabel.stages.train import train
+    from ovlabel.training.align import train
 
     cfg = _config(TrainAlignConfig, config, settings)
     _setup()

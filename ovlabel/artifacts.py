@@ -37,8 +37,7 @@ import pyarrow.parquet as pq
 
 from ovlabel.io.atomic import atomic_path
 from ovlabel.masks import MaskSet
-
-IGNORE_INDEX = 255
+from ovlabel.vocab import IGNORE_INDEX  # noqa: E402  (re-exported: the run directory's label-map convention)
 
 #: Class files beside ``labels/`` (:func:`write_class_files`): names that make label PNGs self-describing.
 CLASSES_TXT, ID2LABEL_JSON, LEGEND_PNG = "classes.txt", "id2label.json", "legend.png"

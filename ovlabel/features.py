@@ -104,3 +104,19 @@ def extract_features(encoder, images: list[np.ndarray], grids: list[tuple[int, i
             for i, f in zip(chunk, feats):
                 out[i] = f
     return out
+
+
+def pad_batch(feats: list, device) -> tuple:
+    """Patch features of several images (each float ``(rows, cols, D)``) as one zero-padded batch
+    ``(B, N_max, D)`` on ``device`` and its mask of real tokens, bool ``(B, N_max)`` (both heads of Stage 2
+    train on it)."""
+    import torch
+
+    n_max = max(f.shape[0] * f.shape[1] for f in feats)
+    x = torch.zeros(len(feats), n_max, feats[0].shape[-1], device=device)
+    valid = torch.zeros(len(feats), n_max, dtype=torch.bool, device=device)
+    for i, f in enumerate(feats):
+        n = f.shape[0] * f.shape[1]
+        x[i, :n] = f.reshape(n, -1)
+        valid[i, :n] = True
+    return x, valid

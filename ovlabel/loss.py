@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import torch
 
-
 #: Accepted ``normalisation`` values of :func:`fmbseg_loss`.
 LOSS_NORMS = ("batch", "literal")
 

@@ -6,7 +6,7 @@ import colorsys
 
 import numpy as np
 
-from ovlabel.artifacts import IGNORE_INDEX
+from ovlabel.vocab import IGNORE_INDEX
 
 
 def class_color(index: int) -> tuple[int, int, int]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ovlabel.artifacts import RunLayout, read_manifest
+from ovlabel.engine.rebuild import write_overlays
 from ovlabel.errors import OvlabelError
 from ovlabel.io.lock import run_lock
-from ovlabel.engine.rebuild import write_overlays
 from ovlabel.quality import least_certain
 
 

@@ -40,6 +40,8 @@ TEMPLATE_SETS = {
 
 #: Label maps store class indices in uint8 with 255 meaning unlabeled.
 MAX_CLASSES = 255
+#: The label-map value of unlabeled pixels (and of "ignore" in ground truth), mmsegmentation's convention.
+IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)

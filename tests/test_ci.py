@@ -18,10 +18,10 @@ from conftest import blocks_image, save
 from ovlabel.artifacts import RunLayout, label_names, read_label_png, write_label_png, write_manifest
 from ovlabel.cli import app
 from ovlabel.diff import DRIFT_EXIT_CODE, diff_runs
+from ovlabel.engine import Inputs, check_output_dir
 from ovlabel.errors import OvlabelError
 from ovlabel.io.atomic import write_json
 from ovlabel.io.lock import RunLocked, run_lock
-from ovlabel.engine import Inputs, check_output_dir
 
 DATA_FILES = ("masks.parquet", "coco.json", "manifest.parquet")
 FAST = ["--vocab", "cat,dog,sky", "--stages", "1.1"]  # the bookkeeping under test does not depend on either
@@ -212,8 +212,8 @@ def test_diff_refuses_what_is_not_a_complete_run(tmp_path):
 
 def test_settings_key_follows_weight_file_contents_not_folders(tmp_path):
     from ovlabel.config import PseudoLabelConfig
-    from ovlabel.models.registry import ModelSpec, resolve_models
     from ovlabel.labelling.stage1 import run_settings, weight_digests
+    from ovlabel.models.registry import ModelSpec, resolve_models
     from ovlabel.vocab import load_templates, load_vocabulary
 
     weights = tmp_path / "sam.pth"

@@ -115,11 +115,11 @@ def test_interrupted_run_resumes_without_redoing_or_losing_images(image_folder, 
     real = stage1.Stage1.process
     calls = []
 
-    def dies_on_third_batch(self, images, needs):
+    def dies_on_third_batch(self, images, needs, *rest):
         calls.append(len(images))
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(self, images, needs)
+        return real(self, images, needs, *rest)
 
     monkeypatch.setattr(stage1.Stage1, "process", dies_on_third_batch)
     out = tmp_path / "run"
@@ -140,10 +140,10 @@ def test_an_image_that_breaks_the_model_is_recorded_and_the_batch_survives(image
 
     real = stage1.Stage1.process
 
-    def fails_on_wide_images(self, images, needs):
+    def fails_on_wide_images(self, images, needs, *rest):
         if any(im.shape[1] == 600 for im in images):
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(self, images, needs)
+        return real(self, images, needs, *rest)
 
     monkeypatch.setattr(stage1.Stage1, "process", fails_on_wide_images)
     out = tmp_path / "run"

@@ -16,8 +16,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovlabel.artifacts import (RunLayout, label_names, read_label_png, read_manifest, read_masks, write_class_files,
-                               write_label_png, write_manifest, write_masks_and_coco)
+from ovlabel.artifacts import (
+    RunLayout,
+    label_names,
+    read_label_png,
+    read_manifest,
+    read_masks,
+    write_class_files,
+    write_label_png,
+    write_manifest,
+    write_masks_and_coco,
+)
 from ovlabel.config.export import ExportConfig, parse_formats, parse_rename
 from ovlabel.errors import OvlabelError
 from ovlabel.export import export_run
@@ -193,7 +202,7 @@ def test_mmseg_layout_and_config_parse(exported):
     ds = cfg.train_dataloader.dataset
     assert ds.type == "ConcatDataset"  # .jpg and .png images: one BaseSegDataset per suffix
     found = {}
-    for split, dcfg in (("train", ds), ("val", cfg.val_dataloader.dataset)):
+    for _split, dcfg in (("train", ds), ("val", cfg.val_dataloader.dataset)):
         for sub in dcfg.datasets:
             assert Path(sub.data_root) == root and sub.reduce_zero_label is False and sub.ignore_index == 255
             img_dir, ann_dir = root / sub.data_prefix.img_path, root / sub.data_prefix.seg_map_path

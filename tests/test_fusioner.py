@@ -12,13 +12,13 @@ import torch.nn.functional as F
 
 from ovlabel.config import SegmentConfig, TrainAlignConfig
 from ovlabel.errors import OvlabelError
+from ovlabel.labelling.segment import segment
 from ovlabel.models.clip_patches import ClipPatchEncoder
 from ovlabel.models.registry import load_model, parse_model
 from ovlabel.models.text_encoders import TextEncoder, load_text_encoder, parse_text_encoder
 from ovlabel.stages import align as ck
-from ovlabel.labelling.segment import segment
-from ovlabel.stages import train as train_mod
 from ovlabel.stages.fusioner import FusionModule, build, fusioner_loss
+from ovlabel.training import align as train_mod
 from scenes import VOCAB, write_images, write_run
 
 CPU = torch.device("cpu")

@@ -16,9 +16,9 @@ from ovlabel.config import ClassifyConfig
 from ovlabel.config.mpt import MptConfig
 from ovlabel.errors import OvlabelError
 from ovlabel.models.clip import ClipModel
-from ovlabel.models.clip_mpt import build_prompts, encode_masked, load_prompts, mask_crops, patch_keep, save_prompts
+from ovlabel.models.clip_mpt import build_prompts, encode_masked, load_prompts, patch_keep, save_prompts
 from ovlabel.models.registry import load_model, parse_model
-from ovlabel.stages.classify import masked_crops
+from ovlabel.stages.classify import mask_crops, masked_crops
 from ovlabel.stages.mpt import crop_logits, fit, select_masks
 from scenes import VOCAB, masks_of, write_images, write_run
 
@@ -139,9 +139,11 @@ def test_train_mpt_on_a_run_and_use_it_in_the_ovseg_classifier(tmp_path, tiny_cl
     assert again.exit_code == 2 and "not an empty folder" in again.output
 
     classifier = load_prompts(ckpt, tiny_clip)
-    fp = ClassifyConfig(classifier="ovseg", mpt=str(ckpt)).result_params()["mpt"]
+    from ovlabel.labelling.stage1 import classify_params
+
+    fp = classify_params(ClassifyConfig(classifier="ovseg", mpt=str(ckpt)))["mpt"]
     assert fp["epoch"] == 2 and len(fp["sha256"]) == 64
-    assert "mpt" not in ClassifyConfig(classifier="fmbseg", mpt=str(ckpt)).result_params()
+    assert "mpt" not in classify_params(ClassifyConfig(classifier="fmbseg", mpt=str(ckpt)))
     crops, keep, _ = blob_crops(tiny_clip, 2, seed=3)
     x = torch.stack([tiny_clip.prepare(c, (224, 224)) for c in crops])
     assert torch.allclose(classifier.encode(x, keep), encode_masked(tiny_clip, x, keep, classifier.prompts))
@@ -175,9 +177,9 @@ def test_mask_prompt_checkpoints_load_safely(tmp_path, tiny_clip):
 
 
 def test_stage12_ovseg_classifier_encodes_crops_with_the_mask_prompts():
-    from test_stage12 import make_stage1, three_blocks
-
     from dataclasses import replace
+
+    from test_stage12 import make_stage1, three_blocks
 
     stage, clip, _ = make_stage1("ovseg")
     stage.classify = replace(stage.classify, crop_shape="pad")  # stretched box crops of blocks have no blank patch

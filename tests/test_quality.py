@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from calibration import collect, spearman
+
 from ovlabel.artifacts import (
     MANIFEST_QUALITY_COLUMNS,
     MANIFEST_SCHEMA,

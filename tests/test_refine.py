@@ -27,8 +27,8 @@ from ovlabel.config import CRFConfig, RefineConfig
 from ovlabel.crf import refine_label_map, unaries_from_labels
 from ovlabel.errors import OvlabelError
 from ovlabel.io.atomic import write_json
-from ovlabel.masks import MaskSet
 from ovlabel.labelling.refine import RefineStage, refine
+from ovlabel.masks import MaskSet
 from ovlabel.vocab import load_vocabulary
 
 runner = CliRunner()

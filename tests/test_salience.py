@@ -23,15 +23,13 @@ from ovlabel.models.registry import parse_model
 from ovlabel.salience_config import SEARCH_HEADS, SEARCH_LAYERS, SEARCH_THRESHOLDS, SalienceConfig, TuneConfig
 from ovlabel.stages.salience import SalienceExtractor, class_maps, gradcam, salience_dropout
 from ovlabel.stages.tune import (
-    PARAMS_FORMAT,
     ClipReward,
     best_trial,
-    load_params,
     random_search,
     reward_from_logits,
     reward_from_probs,
-    tune,
 )
+from ovlabel.training.tune import PARAMS_FORMAT, load_params, tune
 from ovlabel.vocab import load_vocabulary
 
 CPU = torch.device("cpu")

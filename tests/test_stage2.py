@@ -18,12 +18,12 @@ from ovlabel.cli import app
 from ovlabel.config import CRFConfig, SegmentConfig, TrainAlignConfig
 from ovlabel.crf import dense_crf
 from ovlabel.errors import OvlabelError
-from ovlabel.models.registry import load_model, parse_model
 from ovlabel.labelling.segment import segment
+from ovlabel.models.registry import load_model, parse_model
 from ovlabel.stages import segment as seg
-from ovlabel.stages import train as train_mod
 from ovlabel.stages.align import build_module, load_checkpoint
 from ovlabel.text import class_text_features
+from ovlabel.training import align as train_mod
 from ovlabel.vocab import load_templates, load_vocabulary
 from scenes import CLASSES, VOCAB, miou, write_images, write_run
 
@@ -233,11 +233,13 @@ def test_upsampled_argmax_equals_full_interpolation(monkeypatch):
     clean[5, :, :3] = 0.9  # class 5 left, class 31 right: no other class can win anywhere
     clean[31, :, 3:] = 0.8
     clean[31, :, 2] = 0.85
+    from ovlabel.stages import segment_infer as infer
+
     seen = []
-    dense = seg._upsampled_argmax_dense
-    monkeypatch.setattr(seg, "_upsampled_argmax_dense", lambda s, *a: seen.append(s.shape[0]) or dense(s, *a))
+    dense = infer._upsampled_argmax_dense
+    monkeypatch.setattr(infer, "_upsampled_argmax_dense", lambda s, *a: seen.append(s.shape[0]) or dense(s, *a))
     for sim, h, w in [(noisy, 30, 41), (clean, 37, 50), (clean, 4, 6)]:
-        lab, best = seg.upsampled_argmax(sim, h, w, budget=2 * h * w)
+        lab, best = infer.upsampled_argmax(sim, h, w, budget=2 * h * w)
         full = torch.nn.functional.interpolate(sim[None], size=(h, w), mode="bilinear", align_corners=False)[0]
         assert torch.equal(lab, full.argmax(0)) and torch.allclose(best, full.max(0).values)
     assert seen == [7, 2, 2]  # only the classes that can win are upsampled

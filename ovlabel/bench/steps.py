@@ -1,7 +1,7 @@
 """The one place ``ovlabel benchmark`` calls the pipeline: four steps, each a normal resumable run.
 
 Everything else in :mod:`ovlabel.bench` goes through these functions, the labelling commands' own entry
-points (:func:`ovlabel.labelling.stage1.label`, :func:`ovlabel.stages.train.train`,
+points (:func:`ovlabel.labelling.stage1.label`, :func:`ovlabel.training.align.train`,
 :func:`ovlabel.labelling.segment.segment`, :func:`ovlabel.evaluate.run.evaluate`). ``models``: ready
 model objects to inject (tests); None builds them from the config.
 """
@@ -21,7 +21,7 @@ def pseudo_label(images: Path, out: Path, cfg, models: dict | None = None):
 def train_align(run_dir: Path, out: Path, cfg, models: dict | None = None):
     """Stage 2 training on the run ``run_dir`` into the checkpoint folder ``out``; ``cfg``: a
     TrainAlignConfig (``resume`` continues a checkpoint left in ``out``; a finished one returns at once)."""
-    from ovlabel.stages.train import train
+    from ovlabel.training.align import train
 
     return train(run_dir, out, cfg, models)
 

@@ -128,7 +128,7 @@ def config_command(app: typer.Typer, name: str, cls, *, params: list[inspect.Par
             for o in opts:
                 value = kwargs.pop(o.name)
                 if value is not None:
-                    _set(given, o.path, _guard(lambda: o.parse(value)) if o.parse else value)
+                    _set(given, o.path, _guard(lambda o=o, v=value: o.parse(v)) if o.parse else value)
             config_file = kwargs.pop("config_file")
             if config_file is not None:
                 given = merge(_guard(lambda: load_config_file(config_file)), given)

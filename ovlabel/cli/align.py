@@ -22,7 +22,7 @@ def train_align(run: Path, out: Path, given: dict):
     """Train FMbSeg's alignment module (Stage 2) on frozen DINOv2 features with a run's pseudo labels."""
     cfg = build_config(TrainAlignConfig, given)
     _heavy_setup()
-    from ovlabel.stages.train import train
+    from ovlabel.training.align import train
 
     typer.echo(_guard(lambda: train(run, out, cfg)).describe())
 

@@ -21,6 +21,6 @@ def train_mpt(run: Path, out: Path, given: dict):
     run's most confident masked crops; use them with `pseudo-label/classify-masks --classifier ovseg --mpt CKPT`."""
     cfg = build_config(MptConfig, given)
     _heavy_setup()
-    from ovlabel.stages.mpt import train
+    from ovlabel.training.mpt import train
 
     typer.echo(_guard(lambda: train(run, out, cfg)).describe())

@@ -39,7 +39,7 @@ def salience(inputs: Path, out: Path, classes: str | None, params: Path | None, 
 
     given = _guard(lambda: _vocab(given, classes))
     if params is not None:
-        from ovlabel.stages.tune import load_params
+        from ovlabel.training.tune import load_params
 
         tuned = _guard(lambda: load_params(params))
         sal = {k: v for k, v in tuned.items() if k != "blur_sigma"}
@@ -63,7 +63,7 @@ def tune(inputs: Path, out: Path, classes: str | None, given: dict):
     PnP-OVSS §3.4 (a masked image must look more like its class to CLIP than a black image does)."""
     cfg = build_config(TuneConfig, _guard(lambda: _vocab(given, classes)))
     _heavy_setup()
-    from ovlabel.stages.tune import tune as run_tune
+    from ovlabel.training.tune import tune as run_tune
 
     doc = _guard(lambda: run_tune(inputs, out, cfg))
     p = doc["params"]

@@ -6,6 +6,7 @@ One module per group of commands; everything is importable from ``ovlabel.config
 from ovlabel.config._checks import _check
 from ovlabel.config.benchmark import BENCHMARK_PATHS, BenchmarkConfig
 from ovlabel.config.export import FORMATS, IMAGE_MODES, ExportConfig
+from ovlabel.config.mpt import MptConfig
 from ovlabel.config.refine import GT_LAYOUTS, CRFConfig, EvalConfig, RefineConfig, default_workers
 from ovlabel.config.run import EXECUTORS, ModelRunConfig, RunConfig
 from ovlabel.config.stage1 import (
@@ -19,7 +20,6 @@ from ovlabel.config.stage1 import (
     PseudoLabelConfig,
     parse_stages,
 )
-from ovlabel.config.mpt import MptConfig
 from ovlabel.config.stage2 import SegmentConfig, TrainAlignConfig
 
 __all__ = [

@@ -174,11 +174,7 @@ class ClassifyConfig:
             del d["ensemble_lambda"]
         if not self.needs_crops:
             del d["templates"], d["crop_shape"]
-        del d["mpt"]
-        if self.mpt and self.needs_crops:  # the weights, not their folder (a moved checkpoint keeps the key)
-            from ovlabel.stages.mpt import checkpoint_fingerprint
-
-            d["mpt"] = checkpoint_fingerprint(self.mpt)
+        del d["mpt"]  # the stage records the checkpoint's weights digest instead (ovlabel.labelling.stage1)
         return d
 
 

@@ -221,22 +221,3 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
             chunk = []
     if chunk:
         yield chunk
-
-
-def make_executor(stage: Stage, models_given: Callable[[], Worker] | None = None):
-    """The executor a stage's settings ask for: Ray with ``executor="ray"``, worker processes with several
-    ``devices`` or ``workers`` > 1, else inline (always inline with models built by the caller)."""
-    if models_given is not None:
-        if stage.executor != "local" or len(stage.devices) > 1 or (stage.workers or 1) > 1:
-            raise OvlabelError("models passed in from Python run in this process only: use the local executor "
-                               "with one device and one worker")
-        return InlineExecutor(stage, models_given)
-    if stage.executor == "ray":
-        from ovlabel.engine.ray_executor import RayExecutor
-
-        return RayExecutor(stage)
-    if len(stage.devices) > 1:
-        return ProcessExecutor(stage, len(stage.devices), stage.devices)
-    if (stage.workers or 1) > 1:
-        return ProcessExecutor(stage, stage.workers)
-    return InlineExecutor(stage)

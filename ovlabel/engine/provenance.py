@@ -4,48 +4,18 @@ every artifact is consistent with the parts (:mod:`ovlabel.engine.rebuild`)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import platform
 import sys
-from datetime import datetime, timezone
 
 from ovlabel import __version__
 from ovlabel.artifacts import RunLayout, quality_summary
 from ovlabel.errors import OvlabelError
 from ovlabel.io.atomic import write_json
+from ovlabel.provenance import TINY_NOTE, jsonable, now, settings_key, versions
 
-TINY_NOTE = "tiny/random-initialised models were used: these labels exercise the pipeline and are meaningless"
+__all__ = ["TINY_NOTE", "complete", "jsonable", "now", "recompute_reasons", "settings_key", "start", "versions"]
 
 LABEL_MAPS = "uint8 PNG, value = class index (position in the vocabulary), 255 = unlabeled"
 COCO_CATEGORY_ID = "class index + 1 (COCO reserves 0)"
-
-
-def settings_key(settings: dict) -> str:
-    """The 16-hex-digit digest of a settings dict (part folders and ``settings_key`` are named by it)."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def versions() -> dict:
-    """Python and the versions of the libraries that shape the outputs."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for dist in ("torch", "open_clip_torch", "segment-anything", "pycocotools", "pyarrow", "numpy", "pillow"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def jsonable(obj):
-    """``obj`` with every value JSON can't hold (paths, tuples of paths) as its string."""
-    return json.loads(json.dumps(obj, default=str))
 
 
 def start(layout: RunLayout, prev: dict | None, command: str, input_info: dict, settings: dict, key: str,

@@ -16,13 +16,13 @@ from typing import Callable
 
 from ovlabel.artifacts import RunLayout, write_soft_map
 from ovlabel.engine import provenance
-from ovlabel.engine.executors import make_executor
+from ovlabel.engine.executors import InlineExecutor, ProcessExecutor
 from ovlabel.engine.inputs import check_output_dir
 from ovlabel.engine.rebuild import rebuild, write_label
 from ovlabel.engine.stage import Output, Stage, Work, Worker
 from ovlabel.engine.store import PartStore
 from ovlabel.engine.summary import RunSummary
-from ovlabel.errors import ImageDecodeError
+from ovlabel.errors import ImageDecodeError, OvlabelError
 from ovlabel.io.images import decode_image, read_file
 from ovlabel.io.lock import remove_stale_temps, run_lock
 
@@ -187,3 +187,22 @@ def _prefetch(pool, fn, items, depth: int):
         pending.append(pool.submit(fn, item))
     for fut in pending:
         yield fut.result()
+
+
+def make_executor(stage: Stage, models_given: Callable[[], Worker] | None = None):
+    """The executor a stage's settings ask for: Ray with ``executor="ray"``, worker processes with several
+    ``devices`` or ``workers`` > 1, else inline (always inline with models built by the caller)."""
+    if models_given is not None:
+        if stage.executor != "local" or len(stage.devices) > 1 or (stage.workers or 1) > 1:
+            raise OvlabelError("models passed in from Python run in this process only: use the local executor "
+                               "with one device and one worker")
+        return InlineExecutor(stage, models_given)
+    if stage.executor == "ray":
+        from ovlabel.engine.ray_executor import RayExecutor
+
+        return RayExecutor(stage)
+    if len(stage.devices) > 1:
+        return ProcessExecutor(stage, len(stage.devices), stage.devices)
+    if (stage.workers or 1) > 1:
+        return ProcessExecutor(stage, stage.workers)
+    return InlineExecutor(stage)

@@ -48,6 +48,18 @@ def weight_digests(specs: dict) -> dict[str, str]:
     return out
 
 
+def classify_params(cfg: ClassifyConfig) -> dict:
+    """Stage 1.2's classifier settings that change its masks: :meth:`ClassifyConfig.result_params`, with a
+    mask-prompt checkpoint named by its weights' digest and epoch, not its folder (a moved checkpoint keeps
+    the run's key)."""
+    d = cfg.result_params()
+    if cfg.mpt and cfg.needs_crops:
+        from ovlabel.models.clip_mpt import checkpoint_fingerprint
+
+        d["mpt"] = checkpoint_fingerprint(cfg.mpt)
+    return d
+
+
 def run_settings(cfg: PseudoLabelConfig, vocab: Vocabulary, templates: Templates, model_names: dict,
                  weights: dict | None = None) -> tuple[dict, dict[str, str]]:
     """The settings that determine a run's outputs, and per stage the key of the settings that determine
@@ -66,7 +78,7 @@ def run_settings(cfg: PseudoLabelConfig, vocab: Vocabulary, templates: Templates
         keys["1.1"] = settings_key({"stages": ["1.1"], **base, "detect": detect})
     if "1.2" in cfg.stages:
         settings["automask"] = cfg.automask.result_params()
-        settings["classify"] = cfg.classify.result_params()
+        settings["classify"] = classify_params(cfg.classify)
         settings["merge"] = asdict(cfg.merge)
         presence = {k: v for k, v in detect.items() if k not in ("points_per_class", "multimask")}
         keys["1.2"] = settings_key({

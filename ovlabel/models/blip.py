@@ -33,14 +33,13 @@ import string
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ovlabel.device import autocast
-from ovlabel.errors import OvlabelError, WeightsUnavailable
+from ovlabel.errors import OvlabelError
 from ovlabel.vocab import prompt_name
 
 #: BLIP's image normalisation (its processor uses OpenAI CLIP's mean and std).
@@ -288,54 +287,9 @@ def build_blip(arch: str, vocab_size: int | None = None):
     return model
 
 
-def _missing(spec, exc: Exception | None) -> WeightsUnavailable:
-    from huggingface_hub.constants import HF_HUB_CACHE
-
-    reason = f" ({type(exc).__name__}: {exc})" if exc else ""
-    repo = spec.weights
-    return WeightsUnavailable(
-        f"cannot obtain weights for {spec.name}{reason}.\n"
-        f"Needed: Hugging Face repo '{repo}' (config.json, model.safetensors, tokenizer files), cached under "
-        f"{HF_HUB_CACHE} (set HF_HOME to move it).\n"
-        f"Offline? Run `huggingface-cli download {repo}` on a connected machine and copy its Hugging Face cache "
-        f"over, or save the model to a folder and pass it: --blip blip:{spec.arch}/PATH/TO/FOLDER"
-    )
-
-
-def _snapshot(spec, download: bool) -> Path | None:
-    """Local folder of a pretrained BLIP repo (downloaded with a progress bar on first use)."""
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*.json", "*.txt", "*.safetensors"]
-    try:
-        return Path(snapshot_download(spec.weights, allow_patterns=patterns, local_files_only=not download))
-    except Exception as exc:  # offline, HTTP error, missing cache: all mean "not available"
-        if not download:
-            return None
-        raise _missing(spec, exc) from None
-
-
-def blip_weights_file(spec, download: bool = True) -> Path | None:
-    """The weights file of a ``blip:`` spec (safetensors, else a PyTorch bin), downloading a pretrained repo
-    on first use; with ``download=False`` None when not cached. None for tiny/random models."""
-    if spec.random_init:
-        return None
-    folder = Path(spec.weights) if spec.kind == "file" else _snapshot(spec, download)
-    if folder is None:
-        return None
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).is_file():
-            return folder / name
-    if spec.kind == "file":
-        raise OvlabelError(f"folder '{folder}' of {spec.name} has no model.safetensors or pytorch_model.bin")
-    if download:
-        raise _missing(spec, None)
-    return None
-
-
 def load_blip(spec, device, precision: str) -> BlipModel:
     """Build a :class:`BlipModel` for a parsed ``blip:`` spec (see :mod:`ovlabel.models.registry`)."""
-    from ovlabel.models.registry import identity
+    from ovlabel.models.weights import blip_weights_file, identity
 
     if spec.random_init:
         tokenizer = build_tiny_tokenizer()

@@ -179,7 +179,7 @@ def load_clip(spec, device, precision: str) -> ClipModel:
     import open_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-    from ovlabel.models.registry import identity, weights_file
+    from ovlabel.models.weights import identity, weights_file
 
     if spec.kind == "tiny":
         model = build_tiny_clip()

@@ -68,17 +68,6 @@ def patch_keep(mask_crops: np.ndarray | torch.Tensor, patch: int) -> torch.Tenso
     return F.avg_pool2d(m, patch)[:, 0] > 0
 
 
-def mask_crops(masks: torch.Tensor, boxes: np.ndarray, size: int, shape: str = "stretch") -> np.ndarray:
-    """The masks laid out exactly as :func:`ovlabel.stages.classify.masked_crops` lays out their crops
-    (with the same ``shape``): bool ``(N, size, size)`` (a mask pixel is one the resize left at least half
-    on). ``masks``: bool ``(N, H, W)``; ``boxes``: ``(N, 4)`` xyxy pixel edges."""
-    from ovlabel.stages.classify import masked_crops
-
-    h, w = masks.shape[1:]
-    white = np.full((h, w, 3), 255, np.uint8)
-    return masked_crops(white, masks, boxes, size, (0, 0, 0), shape)[..., 0] >= 128
-
-
 def encode_masked(clip, crops: torch.Tensor, keep: torch.Tensor, prompts: MaskPrompts | None) -> torch.Tensor:
     """Class tokens of normalised masked crops ``(B, 3, S, S)`` (S = CLIP's input size) with the mask
     prompts in place of the masked patches (``keep`` bool ``(B, S/p, S/p)``); ``prompts=None`` is plain
@@ -160,3 +149,15 @@ def load_prompts(ckpt: str | Path, clip) -> MaskPromptClassifier:
     prompts = MaskPrompts(dims["depth"], grid, width)
     prompts.prompts.data.copy_(tensor)
     return MaskPromptClassifier(clip, prompts.to(clip.device), config)
+
+
+def checkpoint_fingerprint(ckpt: str | Path) -> dict:
+    """What identifies a mask-prompt checkpoint in a run's settings: the SHA-256 of its weights and its
+    epoch (not its folder, so a moved checkpoint keeps a run's key)."""
+    from ovlabel.cache import file_sha256
+
+    folder = Path(ckpt).expanduser()
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise OvlabelError(f"'{ckpt}' holds no {WEIGHTS_FILE}: train mask prompts with `ovlabel train-mpt RUN --out CKPT`")
+    config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    return {"sha256": file_sha256(folder / WEIGHTS_FILE), "epoch": config.get("epoch")}

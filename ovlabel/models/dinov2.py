@@ -115,7 +115,7 @@ def load_dinov2(spec, device, precision: str, hub: str | None = None) -> DinoV2M
     ``hub`` (else ``$OVLABEL_DINOV2_HUB``, else facebookresearch/dinov2 on GitHub) is where the model
     code of real weights comes from. Weights load with ``torch.load(weights_only=True)`` (or safetensors).
     """
-    from ovlabel.models.registry import identity, weights_file
+    from ovlabel.models.weights import identity, weights_file
 
     if spec.random_init:
         entry = "dinov2_tiny" if spec.kind == "tiny" else spec.arch

@@ -31,6 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ovlabel.errors import OvlabelError
+from ovlabel.models.weights import identity, weights_file  # re-exported: where a spec's weights are
+
+__all__ = ["FAMILIES", "KNOWN_MODELS", "MODEL_PRESETS", "ModelSpec", "identity", "load_model", "parse_model",
+           "resolve_models", "weights_file"]
 
 FAMILIES = ("clip", "sam", "dinov2", "blip")
 SAM_ARCHS = ("vit_h", "vit_l", "vit_b")
@@ -209,46 +213,6 @@ def resolve_models(
     if preset not in MODEL_PRESETS:
         raise OvlabelError(f"unknown --models preset '{preset}': use one of {', '.join(MODEL_PRESETS)}")
     return {f: parse_model(overrides.get(f) or MODEL_PRESETS[preset][f], f) for f in (families or tuple(overrides))}
-
-
-def weights_file(spec: ModelSpec, download: bool = True) -> Path | None:
-    """Local weights file for ``spec``: downloaded on first use, or with ``download=False`` only if it is
-    already cached (else None). None for tiny/random models."""
-    from ovlabel.models import weights as w
-
-    if spec.random_init:
-        return None
-    if spec.family == "blip":
-        from ovlabel.models.blip import blip_weights_file
-
-        return blip_weights_file(spec, download)
-    if spec.kind == "file":
-        return Path(spec.weights)
-    if spec.family == "clip" and spec.kind == "pretrained":
-        return w.fetch_open_clip(spec.arch, spec.weights, spec.name) if download else w.open_clip_cached_file(spec.arch, spec.weights)
-    if spec.kind == "url":
-        url = spec.weights
-    else:
-        url = w.dinov2_checkpoint_url(spec.arch) if spec.family == "dinov2" else w.SAM_CHECKPOINT_URLS[spec.arch]
-    if download:
-        return w.fetch_url(url, spec.name, spec.family, spec.arch)
-    path = w.url_cache_path(url)
-    return path if path.is_file() else None
-
-
-def identity(spec: ModelSpec, path: Path | None) -> dict:
-    """Provenance of a loaded model: its string, weights source, file and SHA-256."""
-    from ovlabel.cache import file_sha256
-
-    return {
-        "spec": spec.name,
-        "family": spec.family,
-        "arch": spec.arch,
-        "weights": spec.weights or spec.kind,
-        "file": str(path) if path else None,
-        "sha256": file_sha256(path) if path else None,
-        "random_init": spec.random_init,
-    }
 
 
 def load_model(spec: ModelSpec, device, precision: str):

@@ -198,7 +198,7 @@ def load_sam(spec, device, precision: str) -> SamModel:
     from segment_anything import sam_model_registry
 
     from ovlabel.errors import OvlabelError
-    from ovlabel.models.registry import identity, weights_file
+    from ovlabel.models.weights import identity, weights_file
 
     if spec.kind == "tiny":
         return SamModel(build_tiny_sam(), identity(spec, None), device, precision)

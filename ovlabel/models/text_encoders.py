@@ -137,7 +137,7 @@ def _snapshot(repo: str) -> Path:
 
 def load_text_encoder(spec, device, precision: str) -> TextEncoder:
     """Build a :class:`TextEncoder` for a parsed ``bert:`` spec (see :func:`parse_text_encoder`)."""
-    from ovlabel.models.registry import identity
+    from ovlabel.models.weights import identity
 
     if spec.kind == "tiny":
         model, tokenizer = build_tiny_text_encoder()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ovlabel.errors import WeightsUnavailable
+from ovlabel.errors import OvlabelError, WeightsUnavailable
 
 #: Official segment-anything checkpoints (README of facebookresearch/segment-anything).
 SAM_CHECKPOINT_URLS = {
@@ -117,4 +117,88 @@ def open_clip_cached_file(arch: str, tag: str) -> Path | None:
         p = Path("~/.cache/clip").expanduser() / os.path.basename(cfg["url"])
         if p.is_file():
             return p
+    return None
+
+
+def weights_file(spec, download: bool = True) -> Path | None:
+    """Local weights file for ``spec`` (a :class:`ovlabel.models.registry.ModelSpec`): downloaded on first
+    use, or with ``download=False`` only if it is already cached (else None). None for tiny/random models."""
+    import sys
+
+    w = sys.modules[__name__]
+    if spec.random_init:
+        return None
+    if spec.family == "blip":
+        return blip_weights_file(spec, download)
+    if spec.kind == "file":
+        return Path(spec.weights)
+    if spec.family == "clip" and spec.kind == "pretrained":
+        return w.fetch_open_clip(spec.arch, spec.weights, spec.name) if download else w.open_clip_cached_file(spec.arch, spec.weights)
+    if spec.kind == "url":
+        url = spec.weights
+    else:
+        url = w.dinov2_checkpoint_url(spec.arch) if spec.family == "dinov2" else w.SAM_CHECKPOINT_URLS[spec.arch]
+    if download:
+        return w.fetch_url(url, spec.name, spec.family, spec.arch)
+    path = w.url_cache_path(url)
+    return path if path.is_file() else None
+
+
+def identity(spec, path: Path | None) -> dict:
+    """Provenance of a loaded model: its string, weights source, file and SHA-256."""
+    from ovlabel.cache import file_sha256
+
+    return {
+        "spec": spec.name,
+        "family": spec.family,
+        "arch": spec.arch,
+        "weights": spec.weights or spec.kind,
+        "file": str(path) if path else None,
+        "sha256": file_sha256(path) if path else None,
+        "random_init": spec.random_init,
+    }
+
+
+def _blip_missing(spec, exc: Exception | None) -> WeightsUnavailable:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    reason = f" ({type(exc).__name__}: {exc})" if exc else ""
+    repo = spec.weights
+    return WeightsUnavailable(
+        f"cannot obtain weights for {spec.name}{reason}.\n"
+        f"Needed: Hugging Face repo '{repo}' (config.json, model.safetensors, tokenizer files), cached under "
+        f"{HF_HUB_CACHE} (set HF_HOME to move it).\n"
+        f"Offline? Run `huggingface-cli download {repo}` on a connected machine and copy its Hugging Face cache "
+        f"over, or save the model to a folder and pass it: --blip blip:{spec.arch}/PATH/TO/FOLDER"
+    )
+
+
+def _snapshot(spec, download: bool) -> Path | None:
+    """Local folder of a pretrained BLIP repo (downloaded with a progress bar on first use)."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "*.safetensors"]
+    try:
+        return Path(snapshot_download(spec.weights, allow_patterns=patterns, local_files_only=not download))
+    except Exception as exc:  # offline, HTTP error, missing cache: all mean "not available"
+        if not download:
+            return None
+        raise _blip_missing(spec, exc) from None
+
+
+def blip_weights_file(spec, download: bool = True) -> Path | None:
+    """The weights file of a ``blip:`` spec (safetensors, else a PyTorch bin), downloading a pretrained repo
+    on first use; with ``download=False`` None when not cached. None for tiny/random models."""
+    if spec.random_init:
+        return None
+    folder = Path(spec.weights) if spec.kind == "file" else _snapshot(spec, download)
+    if folder is None:
+        return None
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    if spec.kind == "file":
+        raise OvlabelError(f"folder '{folder}' of {spec.name} has no model.safetensors or pytorch_model.bin")
+    if download:
+        raise _blip_missing(spec, None)
     return None

@@ -94,19 +94,6 @@ def build_module(dims: dict, seed: int) -> AlignmentModule:
         return AlignmentModule(dims["in_dim"], dims["out_dim"], dims.get("num_heads"), dims.get("mlp_ratio", 4.0))
 
 
-def pad_batch(feats: list[torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patch features of several images (each float ``(rows, cols, D)``) as one zero-padded batch
-    ``(B, N_max, D)`` on ``device`` and its mask of real tokens, bool ``(B, N_max)``."""
-    n_max = max(f.shape[0] * f.shape[1] for f in feats)
-    x = torch.zeros(len(feats), n_max, feats[0].shape[-1], device=device)
-    valid = torch.zeros(len(feats), n_max, dtype=torch.bool, device=device)
-    for i, f in enumerate(feats):
-        n = f.shape[0] * f.shape[1]
-        x[i, :n] = f.reshape(n, -1)
-        valid[i, :n] = True
-    return x, valid
-
-
 def head_similarities(module: nn.Module, feats: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of every patch of one image with every class, for either head: ``feats`` float
     ``(1, N, D)`` frozen patch features, ``text`` float32 ``(C, T)`` L2-normalised class features.

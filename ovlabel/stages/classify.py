@@ -125,3 +125,12 @@ def vocabulary_margin(probs: torch.Tensor, class_index) -> np.ndarray:
         return np.full(len(p), np.nan, np.float32)
     other = p.scatter(1, idx[:, None], float("-inf")).max(dim=1).values
     return (own - other).numpy().astype(np.float32)
+
+
+def mask_crops(masks: torch.Tensor, boxes: np.ndarray, size: int, shape: str = "stretch") -> np.ndarray:
+    """The masks laid out exactly as :func:`ovlabel.stages.classify.masked_crops` lays out their crops
+    (with the same ``shape``): bool ``(N, size, size)`` (a mask pixel is one the resize left at least half
+    on). ``masks``: bool ``(N, H, W)``; ``boxes``: ``(N, 4)`` xyxy pixel edges."""
+    h, w = masks.shape[1:]
+    white = np.full((h, w, 3), 255, np.uint8)
+    return masked_crops(white, masks, boxes, size, (0, 0, 0), shape)[..., 0] >= 128

@@ -164,7 +164,7 @@ def train_step(module, opt, feats, labels, lut, text, temperature, device, preci
         y[i, : len(lab)] = torch.from_numpy(lut[np.where(lab >= 0, lab, len(lut) - 1)])
     if int((y >= 0).sum()) < 2:
         return None, None
-    from ovlabel.stages.align import pad_batch
+    from ovlabel.features import pad_batch
 
     x, valid = pad_batch(feats, device)
     module.train()

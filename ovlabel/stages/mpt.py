@@ -1,4 +1,5 @@
-"""``train-mpt``: OVSeg's mask prompt tuning (seed 002 §3.3, §4.1) on a pseudo-label run.
+"""OVSeg's mask prompt tuning (seed 002 §3.3, §4.1): choosing a run's training crops, scoring them, and the
+training loop. The ``train-mpt`` command is :mod:`ovlabel.training.mpt`.
 
 OVSeg tunes the prompts on 440K mask-category pairs mined from COCO Captions (§3.2: caption nouns matched
 to mask proposals by CLIP) with open_clip's contrastive loss over each batch (facebookresearch/ov-seg,
@@ -11,7 +12,7 @@ the in-batch contrastive loss is replaced by the cross-entropy over the run's cl
 
 Crops are made exactly as the ``ovseg`` classifier makes them at labelling time
 (:func:`ovlabel.stages.classify.masked_crops`), and the patch mask with the same layout
-(:func:`ovlabel.models.clip_mpt.mask_crops`). Optimiser as in §4.1: AdamW, lr 2e-2, weight decay 0, cosine
+(:func:`ovlabel.stages.classify.mask_crops`). Optimiser as in §4.1: AdamW, lr 2e-2, weight decay 0, cosine
 annealing over all steps, batch 256, 5 epochs, prompt depth 3. The checkpoint (``CKPT/mpt.safetensors`` +
 ``config.json``, written after every epoch; ``train.json`` provenance) is read by the classifier through
 ``ClassifyConfig.mpt``.
@@ -19,19 +20,15 @@ annealing over all steps, batch 256, 5 epochs, prompt depth 3. The checkpoint (`
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ovlabel.config.mpt import MptConfig
-from ovlabel.errors import ImageDecodeError, OvlabelError
 
 
 @dataclass
@@ -61,49 +58,6 @@ def select_masks(masks: dict, fraction: float, max_crops: int) -> list[tuple[int
     return sorted((iid, j) for _, _, iid, j in chosen)
 
 
-def collect_crops(run_dir, size: int, patch: int, fill, cfg: MptConfig, progress: bool = False) -> CropSet:
-    """The training crops of a run (see the module docstring)."""
-    from ovlabel.artifacts import read_manifest, read_masks
-    from ovlabel.io.images import decode_image, read_file
-    from ovlabel.models.clip_mpt import mask_crops
-    from ovlabel.stages.classify import masked_crops
-    from ovlabel.stages.trainset import read_run
-
-    layout, run = read_run(run_dir)
-    root = Path(cfg.images).expanduser().resolve() if cfg.images else Path(run["input"]["root"])
-    rows = {r["image_id"]: r for r in read_manifest(layout.manifest) if r["status"] == "ok"}
-    masks = {i: ms for i, ms in read_masks(layout.masks).items() if i in rows and len(ms)}
-    picks: dict[int, list[int]] = {}
-    for iid, j in select_masks(masks, cfg.fraction, cfg.max_crops):
-        picks.setdefault(iid, []).append(j)
-    crops, keeps, labels, scores, skipped = [], [], [], [], []
-    from tqdm import tqdm
-
-    for iid in tqdm(sorted(picks), desc="masked crops", unit="img", disable=not progress, dynamic_ncols=True):
-        r = rows[iid]
-        try:
-            raw, sha = read_file(root / r["file"])
-            if sha != r["sha256"]:
-                raise ImageDecodeError("the file changed since it was pseudo-labelled (content hash differs)")
-            image = decode_image(raw)
-        except (ImageDecodeError, OSError) as exc:
-            skipped.append((r["file"], str(exc)))
-            print(f"warning: skipping {r['file']}: {exc}", file=sys.stderr)
-            continue
-        sel = np.zeros(len(masks[iid]), bool)
-        sel[picks[iid]] = True
-        ms = masks[iid].filter(sel)
-        dense = torch.from_numpy(ms.decode())
-        crops.append(masked_crops(image, dense, ms.boxes, size, fill))
-        keeps.append(_keep(mask_crops(dense, ms.boxes, size), patch))
-        labels.append(ms.class_index.astype(np.int64))
-        scores.append(ms.scores)
-    if not crops:
-        raise OvlabelError(f"run '{layout.root}' has no readable image with a mask to train mask prompts on"
-                           f"{f' (first problem: {skipped[0]})' if skipped else ''}; pass --images if its images moved")
-    return CropSet(np.concatenate(crops), torch.cat(keeps), np.concatenate(labels), np.concatenate(scores), skipped)
-
-
 def _keep(mask_crops_: np.ndarray, patch: int) -> torch.Tensor:
     from ovlabel.models.clip_mpt import patch_keep
 
@@ -122,68 +76,6 @@ def crop_logits(clip, prompts, crops: np.ndarray, keep: torch.Tensor, text: torc
             x = torch.stack([clip.prepare(c, (s, s)) for c in crops[b : b + batch]])
             out.append(clip.logit_scale * encode_masked(clip, x, keep[b : b + batch], prompts) @ text.T)
     return torch.cat(out) if out else torch.zeros(0, text.shape[0])
-
-
-@dataclass
-class MptSummary:
-    out: Path
-    crops: int = 0
-    classes: list = field(default_factory=list)
-    history: list = field(default_factory=list)
-    skipped: list = field(default_factory=list)
-
-    def describe(self) -> str:
-        last = self.history[-1] if self.history else {}
-        return (f"{self.crops} masked crops of {len(self.classes)} classes, {len(self.history)} epochs, last epoch "
-                f"loss {last.get('loss', float('nan')):.4f}, train accuracy {last.get('accuracy', float('nan')):.3f}; "
-                f"{len(self.skipped)} images skipped -> {self.out}")
-
-
-def train(run_dir: str | Path, out: str | Path, cfg: MptConfig, clip=None) -> MptSummary:
-    """Learn mask prompts for the run in ``run_dir``; write the checkpoint folder ``out`` (see the
-    module docstring). ``clip`` may inject a ready :class:`~ovlabel.models.clip.ClipModel`."""
-    from ovlabel import __version__
-    from ovlabel.device import resolve_device, resolve_precision
-    from ovlabel.io.atomic import write_json
-    from ovlabel.models.clip_mpt import MPT_FORMAT, MPT_VERSION, save_prompts
-    from ovlabel.stages.trainset import read_run, vocabulary_from_run
-    from ovlabel.text import class_text_features
-    from ovlabel.vocab import load_templates
-
-    out = Path(out).expanduser().resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OvlabelError(f"--out '{out}' exists and is not an empty folder; choose a new one")
-    _, run = read_run(run_dir)
-    vocab = vocabulary_from_run(run)
-    templates = load_templates(cfg.templates)
-    if clip is None:
-        from ovlabel.models.registry import load_model, parse_model
-
-        name = cfg.clip or (run.get("settings", {}).get("models") or {}).get("clip")
-        if not name:
-            raise OvlabelError(f"run '{run_dir}' does not record its CLIP model; pass --clip")
-        device = resolve_device(cfg.device)
-        clip = load_model(parse_model(name, "clip"), device, resolve_precision(cfg.precision, device))
-    data = collect_crops(run_dir, clip.input_size, clip.patch_size, clip.fill_color, cfg, cfg.progress)
-    text = class_text_features(clip, vocab, templates).to(clip.device)
-    summary = MptSummary(out, len(data.labels), sorted({vocab.names[i] for i in data.labels}), skipped=data.skipped)
-    config = {"format": MPT_FORMAT, "format_version": MPT_VERSION, "prompts": {"depth": cfg.depth}, "clip": clip.identity,
-              "templates": templates.to_json(), "fill_color": list(clip.fill_color)}
-    prov = {"ovlabel_version": __version__, "command": "train-mpt", "argv": sys.argv,
-            "run": {"path": str(Path(run_dir).expanduser().resolve()), "settings_key": run.get("settings_key")},
-            "params": cfg.result_params(), "last_invocation": asdict(cfg), "crops": len(data.labels),
-            "crops_per_class": {vocab.names[int(c)]: int(n) for c, n in zip(*np.unique(data.labels, return_counts=True))},
-            "skipped_images": data.skipped,
-            "substitute": "the run's most confident masked crops and their pseudo classes stand in for OVSeg's caption pairs"}
-
-    def save(prompts, history):
-        epoch = len(history)
-        save_prompts(out, prompts, config | {"prompts": prompts.dims(), "epoch": epoch, "epochs": cfg.epochs,
-                                             "classes_trained": summary.classes})
-        write_json(out / "train.json", prov | {"history": history, "status": "complete" if epoch == cfg.epochs else "running"})
-
-    _, summary.history = fit(clip, data.crops, data.keep, data.labels, text, cfg, on_epoch=save)
-    return summary
 
 
 def fit(clip, crops: np.ndarray, keep: torch.Tensor, labels: np.ndarray, text: torch.Tensor, cfg: MptConfig,
@@ -224,16 +116,3 @@ def fit(clip, crops: np.ndarray, keep: torch.Tensor, labels: np.ndarray, text: t
         if on_epoch is not None:
             on_epoch(prompts, history)
     return prompts, history
-
-
-def checkpoint_fingerprint(ckpt: str | Path) -> dict:
-    """What identifies a mask-prompt checkpoint in a run's settings: the SHA-256 of its weights and its
-    epoch (not its folder, so a moved checkpoint keeps a run's key)."""
-    from ovlabel.cache import file_sha256
-    from ovlabel.models.clip_mpt import CONFIG_FILE, WEIGHTS_FILE
-
-    folder = Path(ckpt).expanduser()
-    if not (folder / WEIGHTS_FILE).is_file():
-        raise OvlabelError(f"'{ckpt}' holds no {WEIGHTS_FILE}: train mask prompts with `ovlabel train-mpt RUN --out CKPT`")
-    config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    return {"sha256": file_sha256(folder / WEIGHTS_FILE), "epoch": config.get("epoch")}

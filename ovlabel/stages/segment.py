@@ -24,47 +24,12 @@ from ovlabel.config import CRFConfig
 from ovlabel.crf import dense_crf
 from ovlabel.features import patch_grid
 from ovlabel.masks import MaskSet
+from ovlabel.stages.segment_infer import upsampled_argmax
+
+__all__ = ["AlignedSegmenter", "SOURCE_SEGMENT", "upsampled_argmax"]
 
 SOURCE_SEGMENT = "segment"
 UNLABELED = 255
-
-def upsampled_argmax(sim: torch.Tensor, height: int, width: int, budget: int = 1 << 25) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pixel argmax of class similarities ``(C, rows, cols)`` upsampled bilinearly to ``(height,
-    width)`` (``align_corners=False``, as ``F.interpolate``). Returns ``(labels int64 (H, W), best
-    similarity float32 (H, W))``; ties keep the lower class index, as ``argmax`` does.
-
-    Pruning, exact up to float rounding: a pixel's value is a convex combination of its 4 neighbouring
-    patches, so class ``c`` can only win in the cell between 4 patch centres if its largest value there
-    reaches the best smallest value of any class there. Only classes that can win somewhere are
-    upsampled (few of a large vocabulary when one class clearly leads in each region; all of them when
-    similarities are near-tied everywhere), a few at a time (at most ``budget`` floats per chunk) so
-    memory stays flat.
-    """
-    sim = sim.float()
-    pad = F.pad(sim[None], (1, 1, 1, 1), mode="replicate")  # each 2x2 window = one cell, edges clamped
-    cmax = F.max_pool2d(pad, 2, stride=1)[0]  # (C, rows + 1, cols + 1)
-    cmin = -F.max_pool2d(-pad, 2, stride=1)[0]
-    can_win = (cmax >= cmin.max(dim=0, keepdim=True).values).flatten(1).any(dim=1)
-    keep = torch.nonzero(can_win)[:, 0]  # ascending, so ties still go to the lower class index
-    labels, best = _upsampled_argmax_dense(sim[keep], height, width, budget)
-    return keep[labels], best
-
-
-def _upsampled_argmax_dense(sim: torch.Tensor, height: int, width: int, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
-    c = sim.shape[0]
-    chunk = max(1, budget // (height * width))
-    best = labels = None
-    for c0 in range(0, c, chunk):
-        up = F.interpolate(sim[None, c0 : c0 + chunk], size=(height, width), mode="bilinear", align_corners=False)[0]
-        val, idx = up.max(dim=0)
-        if best is None:
-            best, labels = val, idx
-        else:
-            better = val > best
-            best = torch.where(better, val, best)
-            labels = torch.where(better, idx + c0, labels)
-    return labels, best
-
 
 class AlignedSegmenter:
     """Encoder + alignment module + class text features -> label maps. ``text``: float32 ``(Q, D)``

@@ -137,7 +137,8 @@ class Stage1:
                                       cfg.crop_shape)
         keep = None
         if self.mpt is not None:
-            from ovlabel.models.clip_mpt import mask_crops, patch_keep
+            from ovlabel.models.clip_mpt import patch_keep
+            from ovlabel.stages.classify import mask_crops
 
             keep = patch_keep(mask_crops(auto.masks, masks.boxes, self.clip.input_size, cfg.crop_shape),
                               self.clip.patch_size)

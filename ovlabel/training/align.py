@@ -29,7 +29,7 @@ import torch
 from ovlabel import __version__
 from ovlabel.config import TrainAlignConfig
 from ovlabel.errors import ImageDecodeError, OvlabelError
-from ovlabel.features import FeatureCache, default_feature_root, extract_features
+from ovlabel.features import FeatureCache, default_feature_root, extract_features, pad_batch
 from ovlabel.io.atomic import atomic_path, write_json
 from ovlabel.io.images import decode_image, read_file
 from ovlabel.loss import fmbseg_loss
@@ -59,7 +59,7 @@ class TrainSummary:
 
 
 def _settings_key(settings: dict) -> str:
-    from ovlabel.engine import settings_key
+    from ovlabel.provenance import settings_key
 
     return settings_key(settings)
 
@@ -267,7 +267,7 @@ def _step(module, opt, feats, labels, lut, text, temperature, device, precision,
     lab = np.concatenate([lut[np.where(x >= 0, x, len(lut) - 1)] for x in labels]) if labels else np.zeros(0, np.int64)
     if (lab >= 0).sum() < 2:
         return None, None
-    x, valid = ck.pad_batch(feats, device)
+    x, valid = pad_batch(feats, device)
     module.train()
     with autocast(device, precision):
         z = module(x, valid if len(feats) > 1 else None)
@@ -330,7 +330,7 @@ def _provenance(out, settings, key, data, used, cache, cfg, device, precision) -
         prev = json.loads((out / ck.PROVENANCE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         pass
-    from ovlabel.engine.provenance import versions as _versions
+    from ovlabel.provenance import versions as _versions
 
     return prev | {
         "ovlabel_version": __version__, "command": "train-align", "argv": sys.argv,
