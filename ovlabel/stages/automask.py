@@ -69,7 +69,7 @@ def _boxes(masks: torch.Tensor, sy: float, sx: float) -> torch.Tensor:
 def generate(sam, emb, cfg: AutoMaskConfig) -> AutoMasks:
     """Automatic masks of the image ``emb`` was computed from (see the module docstring).
 
-    ``sam``: a :class:`~ovlabel.models.sam.SamModel` (or an object with ``decode``,
+    ``sam``: a :class:`~ovlabel.models.sam.SamModel` (or an object with ``decode_filtered``,
     ``low_res_geometry``, ``upscale`` and ``mask_threshold``); ``emb``: its embedding of the image.
     """
     from torchvision.ops import nms
@@ -81,10 +81,10 @@ def generate(sam, emb, cfg: AutoMaskConfig) -> AutoMasks:
     logits, ious, stabs, boxes = [], [], [], []
     for start in range(0, len(points), cfg.points_per_batch):
         pts = points[start : start + cfg.points_per_batch, None, :]
-        low, iou = sam.decode(emb, pts, torch.ones(pts.shape[:2], dtype=torch.int64), multimask=True)
-        low, iou = low.flatten(0, 1), iou.flatten()
-        keep = iou >= cfg.pred_iou_thresh
-        low, iou = low[keep], iou[keep]
+        keep, low, iou = sam.decode_filtered(
+            emb, pts, torch.ones(pts.shape[:2], dtype=torch.int64), cfg.pred_iou_thresh, multimask=True
+        )
+        iou = iou[keep]  # mask pixels exist only for these (SamModel.decode_filtered)
         stab = stability_score(low[:, :vh, :vw], thr, cfg.stability_score_offset)  # on the image only
         keep = stab >= cfg.stability_score_thresh
         low, iou, stab = low[keep], iou[keep], stab[keep]
