@@ -113,7 +113,7 @@ class _Models:
                 clip, sam = self.injected["clip"], self.injected["sam"]
             else:
                 clip = load_model(self.specs["clip"], self.device, self.precision)
-                sam = load_model(self.specs["sam"], self.device, self.precision)
+                sam = load_model(self.specs["sam"], self.device, self.precision, sdpa=self.cfg.sdpa, compile=self.cfg.compile)
             cfg = self.cfg
             text = class_text_features(clip, self.vocab, self.templates)
             crop_text = None

@@ -44,6 +44,12 @@ CropTemplates = Annotated[Optional[str], _opt("--crop-templates", "Templates of 
 TopK = Annotated[Optional[int], _opt("--top-k", "Class scores kept per Stage 1.2 mask.", _C.top_k)]
 Ratio = Annotated[Optional[float], _opt("--stage12-ratio", "Fraction of each image's Stage 1.2 masks kept (seeded sample).", _M.stage12_ratio)]
 Seed = Annotated[Optional[int], _opt("--seed", "Seed of the Stage 1.2 sample.", _M.seed)]
+SkipCovered = Annotated[Optional[bool], typer.Option(
+    "--skip-covered/--full-grid",
+    help="Stage 1.2: prompt a 4x sparser grid first, then only grid points not inside confident masks found "
+         "so far (TinySAM's hierarchical strategy; fewer decoder calls, may miss masks). [default: --full-grid]",
+    show_default=False,
+)]
 Paint = Annotated[Optional[str], _opt("--paint", f"Which mask wins overlapping pixels in label maps: {', '.join(PAINT_POLICIES)}.", _M.paint)]
 
 
@@ -53,13 +59,14 @@ def _given(**kw) -> dict:
 
 def _stage12(points_per_side, points_per_batch, pred_iou_thresh, stability_thresh, stability_offset,
              box_nms_thresh, min_area, max_area, min_region_area, classifier, ensemble_lambda, crop_templates,
-             top_k, stage12_ratio, seed, paint) -> dict[str, dict]:
+             top_k, stage12_ratio, seed, paint, skip_covered=None) -> dict[str, dict]:
     """The Stage 1.2 options given on the command line, as field overrides per config."""
     return {
         "automask": _given(
             points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
             stability_score_thresh=stability_thresh, stability_score_offset=stability_offset,
             box_nms_thresh=box_nms_thresh, min_area=min_area, max_area=max_area, min_region_area=min_region_area,
+            skip_covered=skip_covered,
         ),
         "classify": _given(classifier=classifier, ensemble_lambda=ensemble_lambda, templates=crop_templates, top_k=top_k),
         "merge": _given(stage12_ratio=stage12_ratio, seed=seed, paint=paint),
@@ -80,7 +87,7 @@ def pseudo_label(
     templates: Annotated[str, typer.Option(help="Prompt templates: fmbseg ('a photo of a {}.'), vild (14), imagenet (80), or a file.")] = _P.templates,
     models: Annotated[str, typer.Option(help="Model preset: 'default' (clip:ViT-L-14/openai + sam:vit_h) or 'tiny' (random, for tests/offline demos).")] = _P.models,
     clip: Annotated[Optional[str], typer.Option(help="CLIP model, e.g. clip:ViT-B-16/openai or clip:ViT-L-14/PATH (see `ovlabel models`).")] = None,
-    sam: Annotated[Optional[str], typer.Option(help="SAM model: sam:vit_h|vit_l|vit_b[/PATH or URL].")] = None,
+    sam: Annotated[Optional[str], typer.Option(help="SAM model: sam:vit_h|vit_l|vit_b[/PATH or URL], or SAM 2: sam2:hiera_large|hiera_base_plus|hiera_small|hiera_tiny[/PATH] (extra 'sam2').")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = _P.device,
     precision: Annotated[str, typer.Option(help="auto (bf16/fp16 autocast on GPU, fp32 on CPU), fp32, fp16, bf16.")] = _P.precision,
     resolution: Annotated[int, typer.Option(help="Short side (px) the image is over-sampled to before cropping.")] = _D.resolution,
@@ -96,17 +103,20 @@ def pseudo_label(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images already labelled in --out (also allows new settings).")] = False,
     overlays: Annotated[bool, typer.Option("--overlays", help="Also write coloured overlays with a legend to <out>/overlays/.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile SAM's encoder and mask decoder (slow first images; speed only).")] = _P.compile,
+    sdpa: Annotated[bool, typer.Option("--sdpa/--no-sdpa", help="Fused attention (scaled_dot_product_attention) in SAM's mask decoder (speed only).")] = _P.sdpa,
     points_per_side: PointsPerSide = None, points_per_batch: PointsPerBatch = None, pred_iou_thresh: PredIou = None,
     stability_thresh: Stability = None, stability_offset: StabilityOffset = None, box_nms_thresh: BoxNms = None,
     min_area: MinArea = None, max_area: MaxArea = None, min_region_area: MinRegion = None,
     classifier: Classifier = None, ensemble_lambda: EnsembleLambda = None, crop_templates: CropTemplates = None,
     top_k: TopK = None, stage12_ratio: Ratio = None, seed: Seed = None, paint: Paint = None,
+    skip_covered: SkipCovered = None,
 ):
     """Label IMAGES with FMbSeg's Stage 1: CLIP crop detection and SAM queried with CLIP points (1.1), and
     SAM's automatic masks classified by CLIP (1.2), sharing one SAM image embedding per image."""
     over = _stage12(points_per_side, points_per_batch, pred_iou_thresh, stability_thresh, stability_offset,
                     box_nms_thresh, min_area, max_area, min_region_area, classifier, ensemble_lambda,
-                    crop_templates, top_k, stage12_ratio, seed, paint)
+                    crop_templates, top_k, stage12_ratio, seed, paint, skip_covered)
     cfg = _guard(lambda: PseudoLabelConfig(
         vocab=vocab, templates=templates, models=models, clip=clip, sam=sam, device=device, precision=precision,
         stages=stages,
@@ -118,6 +128,7 @@ def pseudo_label(
         automask=AutoMaskConfig(**over["automask"]), classify=ClassifyConfig(**over["classify"]),
         merge=MergeConfig(**over["merge"]),
         image_batch=image_batch, overwrite=overwrite, overlays=overlays, progress=progress,
+        compile=compile, sdpa=sdpa,
     ))
     _heavy_setup()
     from ovlabel.pipeline import run
@@ -140,13 +151,14 @@ def classify_masks_cmd(
     min_area: MinArea = None, max_area: MaxArea = None, min_region_area: MinRegion = None,
     classifier: Classifier = None, ensemble_lambda: EnsembleLambda = None, crop_templates: CropTemplates = None,
     top_k: TopK = None, stage12_ratio: Ratio = None, seed: Seed = None, paint: Paint = None,
+    skip_covered: SkipCovered = None,
 ):
     """Add Stage 1.2 (SAM automatic masks classified by CLIP) to an existing run, reusing its Stage 1.1
     masks, and rewrite its masks.parquet, coco.json and label maps atomically. Also re-merges a run's
     stages after a change of --stage12-ratio, --seed or --paint without recomputing anything."""
     over = _stage12(points_per_side, points_per_batch, pred_iou_thresh, stability_thresh, stability_offset,
                     box_nms_thresh, min_area, max_area, min_region_area, classifier, ensemble_lambda,
-                    crop_templates, top_k, stage12_ratio, seed, paint)
+                    crop_templates, top_k, stage12_ratio, seed, paint, skip_covered)
     _heavy_setup()
     from ovlabel.classify_masks import classify_masks
 

@@ -70,6 +70,14 @@ class AutoMaskConfig:
     - ``min_area`` / ``max_area``: area bounds as fractions of the image.
     - ``min_region_area``: fill holes and drop islands smaller than this many pixels (0 = off; SAM's
       ``min_mask_region_area``).
+    - ``skip_covered``: fewer prompts (off by default until real weights show the recall): prompt a sparse
+      sub-grid first (every ``skip_stride``-th point per side), then only the remaining grid points that
+      do not fall on a pixel where a mask kept so far (past the IoU, stability and non-empty filters) has
+      a logit above ``skip_logit_thresh``; all candidates then go through the same NMS. TinySAM's
+      "hierarchical segment everything" (xinghaochen/TinySAM, ``tinysam/hierarchical_mask_generator.py``:
+      4x sparser first grid, ``high_score_thresh=8.5``); see docs/stage1.2.md for where ovlabel differs.
+    - ``skip_stride`` / ``skip_logit_thresh``: the first pass's spacing (grid points) and the logit above
+      which a kept mask's pixel counts as covered.
     """
 
     points_per_side: int = 32
@@ -81,6 +89,9 @@ class AutoMaskConfig:
     min_area: float = 0.0005
     max_area: float = 0.95
     min_region_area: int = 0
+    skip_covered: bool = False
+    skip_stride: int = 4
+    skip_logit_thresh: float = 8.5
 
     def __post_init__(self):
         _check(self, [
@@ -93,11 +104,16 @@ class AutoMaskConfig:
             (0.0 <= self.min_area < 1.0, "min_area", "a fraction of the image in [0, 1)"),
             (self.min_area < self.max_area <= 1.0, "max_area", f"a fraction in (min_area={self.min_area}, 1]"),
             (self.min_region_area >= 0, "min_region_area", "an integer >= 0 (pixels)"),
+            (self.skip_stride >= 2, "skip_stride", "an integer >= 2 (grid points)"),
         ])
 
     def result_params(self) -> dict:
+        """Parameters that change the masks; the skip knobs only when ``skip_covered`` is on (runs made
+        before they existed keep their settings key)."""
         d = asdict(self)
         del d["points_per_batch"]
+        if not self.skip_covered:
+            del d["skip_covered"], d["skip_stride"], d["skip_logit_thresh"]
         return d
 
 
@@ -188,6 +204,11 @@ class PseudoLabelConfig:
     ``models`` is a preset (``default`` or ``tiny``); ``clip``/``sam`` override one family
     (see :mod:`ovlabel.models.registry`). ``image_batch`` images are in flight at once: their CLIP crops
     share batches. ``overwrite`` redoes images that are already done.
+
+    Speed only (not in a run's settings): ``sdpa`` runs SAM's mask-decoder attention through PyTorch's
+    fused ``scaled_dot_product_attention`` (same maths, float rounding differs; SAM 2 always does);
+    ``compile`` wraps SAM's image encoder and mask decoder in ``torch.compile`` (compiles on the first
+    images, pays off on long runs; needs a C++ compiler on CPU, Triton on CUDA).
     """
 
     vocab: str = "coco-stuff"
@@ -203,6 +224,8 @@ class PseudoLabelConfig:
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     image_batch: int = 8
+    sdpa: bool = True
+    compile: bool = False
     overwrite: bool = False
     overlays: bool = False
     progress: bool = True

@@ -248,8 +248,10 @@ def identity(spec: ModelSpec, path: Path | None) -> dict:
     }
 
 
-def load_model(spec: ModelSpec, device, precision: str):
-    """Build the wrapper for ``spec`` on ``device`` (downloading weights on first use)."""
+def load_model(spec: ModelSpec, device, precision: str, **options):
+    """Build the wrapper for ``spec`` on ``device`` (downloading weights on first use). ``options``: speed
+    knobs of the SAM wrappers (``sdpa``, ``compile``; see :class:`~ovlabel.models.sam.SamModel`), ignored
+    by the other families."""
     if spec.family == "clip":
         from ovlabel.models.clip import load_clip
 
@@ -262,6 +264,10 @@ def load_model(spec: ModelSpec, device, precision: str):
         from ovlabel.models.blip import load_blip
 
         return load_blip(spec, device, precision)
+    if spec.family == "sam2":
+        from ovlabel.models.sam2 import load_sam2
+
+        return load_sam2(spec, device, precision, **options)
     from ovlabel.models.sam import load_sam
 
-    return load_sam(spec, device, precision)
+    return load_sam(spec, device, precision, **options)
