@@ -5,6 +5,9 @@ Syntax: ``FAMILY:ARCH[/WEIGHTS]``.
 - ``clip:ARCH/TAG`` an open_clip architecture and pretrained tag, e.g. ``clip:ViT-L-14/openai``
   (FMbSeg's choice, seed 003 §4.1). Without a tag, ``openai`` when it exists.
 - ``sam:vit_h``, ``sam:vit_l``, ``sam:vit_b``: segment-anything with the official checkpoint.
+- ``sam2:hiera_large``, ``sam2:hiera_base_plus``, ``sam2:hiera_small``, ``sam2:hiera_tiny``: SAM 2.1 through the
+  ``sam2`` package (optional extra ``sam2``) with the official checkpoint; accepted wherever a ``sam`` model
+  is (``--sam sam2:hiera_large``). ``sam2:tiny`` is its tiny random variant.
 - ``dinov2:dinov2_vitl14`` (FMbSeg's choice, seed 003 §4.1), ``dinov2_vits14``, ``dinov2_vitb14``,
   ``dinov2_vitg14``, each also with registers (``dinov2_vitb14_reg``): DINOv2 through torch.hub with the
   official checkpoint (see :mod:`ovlabel.models.dinov2`).
@@ -29,8 +32,9 @@ from pathlib import Path
 
 from ovlabel.errors import OvlabelError
 
-FAMILIES = ("clip", "sam", "dinov2", "blip")
+FAMILIES = ("clip", "sam", "sam2", "dinov2", "blip")
 SAM_ARCHS = ("vit_h", "vit_l", "vit_b")
+SAM2_ARCHS = ("hiera_large", "hiera_base_plus", "hiera_small", "hiera_tiny")
 #: torch.hub entry points of facebookresearch/dinov2 (backbones; ``_reg``: with 4 register tokens).
 DINOV2_ARCHS = tuple(f"dinov2_vit{size}14{reg}" for size in "sblg" for reg in ("", "_reg"))
 BLIP_ARCHS = ("itm-large-coco", "itm-base-coco", "itm-large-flickr", "itm-base-flickr")
@@ -56,6 +60,11 @@ KNOWN_MODELS = (
     ("sam:vit_l", "Segment Anything ViT-L, 1.2 GB"),
     ("sam:vit_b", "Segment Anything ViT-B, 358 MB"),
     ("sam:tiny", "tiny random SAM for tests and offline demos (meaningless output)"),
+    ("sam2:hiera_large", "SAM 2.1 Hiera-L, 898 MB (extra 'sam2'; --sam sam2:...)"),
+    ("sam2:hiera_base_plus", "SAM 2.1 Hiera-B+, 324 MB (extra 'sam2')"),
+    ("sam2:hiera_small", "SAM 2.1 Hiera-S, 185 MB (extra 'sam2')"),
+    ("sam2:hiera_tiny", "SAM 2.1 Hiera-T, 156 MB (extra 'sam2')"),
+    ("sam2:tiny", "tiny random SAM 2 for tests and offline demos (meaningless output)"),
     ("dinov2:dinov2_vitl14", "DINOv2 ViT-L/14, 1.2 GB (FMbSeg's choice, default for train-align)"),
     ("dinov2:dinov2_vitb14", "DINOv2 ViT-B/14, 346 MB"),
     ("dinov2:dinov2_vits14", "DINOv2 ViT-S/14, 88 MB"),
@@ -97,13 +106,16 @@ class ModelSpec:
 
 
 def parse_model(value: str, family: str) -> ModelSpec:
-    """Parse a model string for ``family`` (``clip``, ``sam``, ``dinov2`` or ``blip``); the ``family:`` prefix is optional.
+    """Parse a model string for ``family`` (``clip``, ``sam``, ``sam2``, ``dinov2`` or ``blip``); the ``family:``
+    prefix is optional. A ``sam2:`` string is accepted for ``sam`` and gives a ``sam2`` spec.
 
     Raises :class:`OvlabelError` naming the bad part and the accepted values.
     """
     raw = value.strip()
     prefix, colon, rest = raw.partition(":")
     if colon and re.fullmatch(r"[a-z0-9_]+", prefix):
+        if family == "sam" and prefix == "sam2":  # SAM 2 serves wherever SAM does
+            family = "sam2"
         if prefix != family:
             raise OvlabelError(f"model '{value}' is a {prefix} model but a {family} model is needed here")
     else:
@@ -120,6 +132,8 @@ def parse_model(value: str, family: str) -> ModelSpec:
         return _parse_clip(value, arch, weights)
     if family == "sam":
         return _parse_sam(value, arch, weights)
+    if family == "sam2":
+        return _parse_sam2(value, arch, weights)
     if family == "dinov2":
         return _parse_dinov2(value, arch, weights)
     if family == "blip":
@@ -166,6 +180,14 @@ def _parse_sam(value: str, arch: str, weights: str) -> ModelSpec:
     if not weights:
         return ModelSpec("sam", arch, "pretrained", "official")
     return _weights_kind(value, "sam", arch, weights, ["official"])
+
+
+def _parse_sam2(value: str, arch: str, weights: str) -> ModelSpec:
+    if arch not in SAM2_ARCHS:
+        raise OvlabelError(f"unknown SAM 2 architecture '{arch}' in '{value}': use one of {', '.join(SAM2_ARCHS)} or tiny")
+    if not weights:
+        return ModelSpec("sam2", arch, "pretrained", "official")
+    return _weights_kind(value, "sam2", arch, weights, ["official"])
 
 
 def _parse_dinov2(value: str, arch: str, weights: str) -> ModelSpec:
@@ -225,10 +247,13 @@ def weights_file(spec: ModelSpec, download: bool = True) -> Path | None:
         return w.fetch_open_clip(spec.arch, spec.weights, spec.name) if download else w.open_clip_cached_file(spec.arch, spec.weights)
     if spec.kind == "url":
         url = spec.weights
+    elif spec.family == "dinov2":
+        url = w.dinov2_checkpoint_url(spec.arch)
     else:
-        url = w.dinov2_checkpoint_url(spec.arch) if spec.family == "dinov2" else w.SAM_CHECKPOINT_URLS[spec.arch]
+        url = (w.SAM2_CHECKPOINT_URLS if spec.family == "sam2" else w.SAM_CHECKPOINT_URLS)[spec.arch]
     if download:
-        return w.fetch_url(url, spec.name, spec.family, spec.arch)
+        option = "sam" if spec.family == "sam2" else spec.family
+        return w.fetch_url(url, spec.name, spec.family, spec.arch, option)
     path = w.url_cache_path(url)
     return path if path.is_file() else None
 

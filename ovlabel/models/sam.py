@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from ovlabel.device import autocast
-from ovlabel.models.sam_decoder import compiled, decode_masks, decode_tokens, use_sdpa
+from ovlabel.models.sam_decoder import PointPrediction, PromptDecoding, compiled, decode_masks, decode_tokens, use_sdpa
+
+__all__ = ["PointPrediction", "SamEmbedding", "SamModel", "build_tiny_sam", "load_sam"]
 
 
 @dataclass
@@ -34,17 +36,7 @@ class SamEmbedding:
     original_size: tuple[int, int]
 
 
-@dataclass
-class PointPrediction:
-    """Best mask per prompt: ``low_res_logits`` float32 ``(P, 1, 4h, 4w)``, ``scores`` ``(P,)`` (SAM's
-    predicted IoU of the chosen mask), ``all_scores`` ``(P, K)`` for the K candidate masks."""
-
-    low_res_logits: torch.Tensor
-    scores: torch.Tensor
-    all_scores: torch.Tensor
-
-
-class SamModel:
+class SamModel(PromptDecoding):
     """A frozen segment-anything ``Sam`` on one device. ``stats`` counts encoder and decoder passes.
 
     Speed knobs (none changes what is computed beyond float rounding): ``sdpa`` runs the decoder's attention
@@ -65,6 +57,7 @@ class SamModel:
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
         self.stats: Counter = Counter()
         self.mask_chunk = mask_chunk
+        self.decoder = self.sam.mask_decoder
         if sdpa:
             use_sdpa(self.sam.mask_decoder)
         self._encode = self.sam.image_encoder
@@ -99,69 +92,6 @@ class SamModel:
         sparse, dense = pe(points=(coords, labels.to(self.device, torch.int64)), boxes=None, masks=None)
         return sparse, dense[:1], pe.get_dense_pe()
 
-    def _tokens(self, emb: SamEmbedding, coords: torch.Tensor, labels: torch.Tensor, multimask: bool):
-        """Transformer + IoU head: mask tokens, image after the transformer, IoUs ``(P, K)`` of the K
-        outputs asked for, and the offset of output 0 among the decoder's tokens."""
-        with autocast(self.device, self.precision):
-            sparse, dense, pe = self._prompts(emb, coords, labels)
-            mask_tokens, src, iou = self._decode_tokens(self.sam.mask_decoder, emb.features, pe, sparse, dense)
-        # as MaskDecoder.forward: token 0 is the single-mask output, 1-3 the multimask ones
-        first = 1 if multimask else 0
-        iou = iou[:, first:] if multimask else iou[:, :1]
-        self.stats["sam_decoder_calls"] += 1
-        self.stats["sam_prompts"] += len(coords)
-        return mask_tokens, src, iou.float(), first
-
-    def _masks(self, emb: SamEmbedding, mask_tokens, src, prompts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Low-res logits float32 ``(M, 4h, 4w)`` of (prompt, decoder token) pairs, ``prompts`` sorted
-        ascending; :attr:`mask_chunk` distinct prompts are upscaled at a time (bounds memory)."""
-        size = tuple(emb.features.shape[-2:])
-        assert bool((prompts[1:] >= prompts[:-1]).all()), "pairs must be sorted by prompt"
-        uniq = torch.unique(prompts)
-        out = []
-        with autocast(self.device, self.precision):
-            for g in range(0, len(uniq), self.mask_chunk):
-                group = uniq[g : g + self.mask_chunk]
-                sel = (prompts >= group[0]) & (prompts <= group[-1])
-                out.append(self._decode_masks(
-                    self.sam.mask_decoder, mask_tokens, src, size, prompts[sel], tokens[sel], self._high_res(emb)
-                ).float())
-        self.stats["sam_masks_decoded"] += len(prompts)
-        return torch.cat(out) if out else src.new_zeros(0, 4 * size[0], 4 * size[1], dtype=torch.float32)
-
-    def _high_res(self, emb):
-        return None
-
-    @torch.inference_mode()
-    def decode(
-        self, emb: SamEmbedding, coords: torch.Tensor, labels: torch.Tensor, multimask: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One mask-decoder call for P prompts of N points each.
-
-        ``coords``: float ``(P, N, 2)`` as (x, y) in original-image pixels; ``labels``: ``(P, N)`` with
-        1 = foreground, 0 = background. Returns low-resolution mask logits float32 ``(P, K, 4h, 4w)``
-        (the padded encoder frame, see :meth:`low_res_geometry`) and predicted IoUs ``(P, K)``; K = 3
-        with ``multimask``, else 1.
-        """
-        mask_tokens, src, iou, first = self._tokens(emb, coords, labels, multimask)
-        p, k = iou.shape
-        prompts = torch.arange(p, device=iou.device).repeat_interleave(k)
-        low = self._masks(emb, mask_tokens, src, prompts, torch.arange(k, device=iou.device).repeat(p) + first)
-        return low.view(p, k, *low.shape[-2:]), iou
-
-    @torch.inference_mode()
-    def decode_filtered(
-        self, emb: SamEmbedding, coords: torch.Tensor, labels: torch.Tensor, min_iou: float, multimask: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`decode`, with mask pixels computed only for the outputs whose predicted IoU is at least
-        ``min_iou``: returns ``keep`` bool ``(P, K)``, the logits float32 ``(keep.sum(), 4h, 4w)`` of the kept
-        outputs in row-major (prompt, output) order, and the IoUs ``(P, K)`` of all outputs. The kept logits
-        equal ``decode(...)[0][keep]``."""
-        mask_tokens, src, iou, first = self._tokens(emb, coords, labels, multimask)
-        keep = iou >= min_iou
-        prompts, outputs = torch.nonzero(keep, as_tuple=True)
-        return keep, self._masks(emb, mask_tokens, src, prompts, outputs + first), iou
-
     def low_res_geometry(self, emb: SamEmbedding) -> tuple[int, int, float, float]:
         """Where the image lies in the low-resolution logits: ``(valid_h, valid_w, sy, sx)``; rows
         ``[0, valid_h)`` and columns ``[0, valid_w)`` cover the image (the rest is the encoder's padding),
@@ -171,20 +101,6 @@ class SamModel:
         step = frame / low
         (ih, iw), (h, w) = emb.input_size, emb.original_size
         return math.ceil(ih / step), math.ceil(iw / step), step * h / ih, step * w / iw
-
-    @torch.inference_mode()
-    def predict_points(
-        self, emb: SamEmbedding, coords: torch.Tensor, labels: torch.Tensor, multimask: bool = True
-    ) -> PointPrediction:
-        """Decode P prompts (see :meth:`decode`) in one call and keep each prompt's best mask: with
-        ``multimask`` SAM proposes 3 masks per prompt and the one with the highest predicted IoU is kept
-        ("select the mask with the highest confidence", seed 003 §3.2). Only the kept masks' pixels are
-        computed."""
-        mask_tokens, src, iou, first = self._tokens(emb, coords, labels, multimask)
-        best = iou.argmax(dim=1)
-        rows = torch.arange(len(best), device=best.device)
-        low = self._masks(emb, mask_tokens, src, rows, best + first)
-        return PointPrediction(low[:, None], iou[rows, best], iou)
 
     @torch.inference_mode()
     def upscale(self, emb: SamEmbedding, low_res_logits: torch.Tensor) -> torch.Tensor:

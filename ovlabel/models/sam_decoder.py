@@ -27,8 +27,12 @@ different rounding (tolerance checked in the tests).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+from ovlabel.device import autocast
 
 
 def decode_tokens(decoder, image_embeddings, image_pe, sparse, dense) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -84,6 +88,128 @@ def decode_masks(
     return masks[inverse, tokens]
 
 
+@dataclass
+class PointPrediction:
+    """Best mask per prompt: ``low_res_logits`` float32 ``(P, 1, 4h, 4w)``, ``scores`` ``(P,)`` (SAM's
+    predicted IoU of the chosen mask), ``all_scores`` ``(P, K)`` for the K candidate masks."""
+
+    low_res_logits: torch.Tensor
+    scores: torch.Tensor
+    all_scores: torch.Tensor
+
+
+class PromptDecoding:
+    """Point prompts through a SAM-style mask decoder on one shared image embedding, split at the IoU filter.
+
+    Shared by :class:`~ovlabel.models.sam.SamModel` and :class:`~ovlabel.models.sam2.Sam2Model`; a
+    subclass provides ``decoder`` (the ``MaskDecoder``), ``device``, ``precision``, ``stats`` (a Counter),
+    ``mask_chunk``, ``_decode_tokens``/``_decode_masks`` (:func:`decode_tokens`/:func:`decode_masks`,
+    possibly compiled), ``_prompts(emb, coords, labels) -> (sparse, dense (1, C, h, w), image_pe)`` and
+    ``_high_res(emb)`` (SAM 2's high-resolution features, or None). ``emb.features`` is ``(1, C, h, w)``.
+    """
+
+    def _tokens(self, emb, coords: torch.Tensor, labels: torch.Tensor, multimask: bool | None):
+        """Transformer + IoU head: mask tokens, image after the transformer, IoUs ``(P, K)`` of the K
+        outputs asked for (``multimask`` None: all 1 + M tokens), and the offset of output 0 among the
+        decoder's tokens."""
+        with autocast(self.device, self.precision):
+            sparse, dense, pe = self._prompts(emb, coords, labels)
+            mask_tokens, src, iou = self._decode_tokens(self.decoder, emb.features, pe, sparse, dense)
+        # as MaskDecoder.forward: token 0 is the single-mask output, 1-3 the multimask ones
+        first = 1 if multimask is True else 0
+        if multimask is not None:  # None: every token
+            iou = iou[:, first:] if multimask else iou[:, :1]
+        self.stats["sam_decoder_calls"] += 1
+        self.stats["sam_prompts"] += len(coords)
+        return mask_tokens, src, iou.float(), first
+
+    def _masks(self, emb, mask_tokens, src, prompts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Low-res logits float32 ``(M, 4h, 4w)`` of (prompt, decoder token) pairs, ``prompts`` sorted
+        ascending; :attr:`mask_chunk` distinct prompts are upscaled at a time (bounds memory)."""
+        size = tuple(emb.features.shape[-2:])
+        assert bool((prompts[1:] >= prompts[:-1]).all()), "pairs must be sorted by prompt"
+        uniq = torch.unique(prompts)
+        out = []
+        with autocast(self.device, self.precision):
+            for g in range(0, len(uniq), self.mask_chunk):
+                group = uniq[g : g + self.mask_chunk]
+                sel = (prompts >= group[0]) & (prompts <= group[-1])
+                out.append(self._decode_masks(
+                    self.decoder, mask_tokens, src, size, prompts[sel], tokens[sel], self._high_res(emb)
+                ).float())
+        self.stats["sam_masks_decoded"] += len(prompts)
+        return torch.cat(out) if out else src.new_zeros(0, 4 * size[0], 4 * size[1], dtype=torch.float32)
+
+    def _high_res(self, emb):
+        return None
+
+    @torch.inference_mode()
+    def decode(
+        self, emb, coords: torch.Tensor, labels: torch.Tensor, multimask: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One mask-decoder call for P prompts of N points each.
+
+        ``coords``: float ``(P, N, 2)`` as (x, y) in original-image pixels; ``labels``: ``(P, N)`` with
+        1 = foreground, 0 = background. Returns low-resolution mask logits float32 ``(P, K, 4h, 4w)``
+        (the padded encoder frame, see :meth:`low_res_geometry`) and predicted IoUs ``(P, K)``; K = 3
+        with ``multimask``, else 1.
+        """
+        if not multimask and self._dynamic_single():
+            return self._dynamic_single_mask(emb, coords, labels)
+        mask_tokens, src, iou, first = self._tokens(emb, coords, labels, multimask)
+        p, k = iou.shape
+        prompts = torch.arange(p, device=iou.device).repeat_interleave(k)
+        low = self._masks(emb, mask_tokens, src, prompts, torch.arange(k, device=iou.device).repeat(p) + first)
+        return low.view(p, k, *low.shape[-2:]), iou
+
+    def _dynamic_single(self) -> bool:
+        """SAM 2 as ``build_sam2`` makes it: one mask per prompt means token 0 unless it is unstable."""
+        return bool(getattr(self.decoder, "dynamic_multimask_via_stability", False))
+
+    def _dynamic_single_mask(self, emb, coords, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM 2's single-mask output (``MaskDecoder._dynamic_multimask_via_stability``, its own code): the
+        single-mask token's mask, or the best multimask one where that is unstable. Needs every token's mask."""
+        mask_tokens, src, iou, _ = self._tokens(emb, coords, labels, None)
+        p, k = iou.shape
+        prompts = torch.arange(p, device=iou.device).repeat_interleave(k)
+        low = self._masks(emb, mask_tokens, src, prompts, torch.arange(k, device=iou.device).repeat(p))
+        return self.decoder._dynamic_multimask_via_stability(low.view(p, k, *low.shape[-2:]), iou)
+
+    @torch.inference_mode()
+    def decode_filtered(
+        self, emb, coords: torch.Tensor, labels: torch.Tensor, min_iou: float, multimask: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`decode`, with mask pixels computed only for the outputs whose predicted IoU is at least
+        ``min_iou``: returns ``keep`` bool ``(P, K)``, the logits float32 ``(keep.sum(), 4h, 4w)`` of the kept
+        outputs in row-major (prompt, output) order, and the IoUs ``(P, K)`` of all outputs. The kept logits
+        equal ``decode(...)[0][keep]``."""
+        if not multimask and self._dynamic_single():
+            low, iou = self._dynamic_single_mask(emb, coords, labels)
+            keep = iou >= min_iou
+            return keep, low[keep], iou
+        mask_tokens, src, iou, first = self._tokens(emb, coords, labels, multimask)
+        keep = iou >= min_iou
+        prompts, outputs = torch.nonzero(keep, as_tuple=True)
+        return keep, self._masks(emb, mask_tokens, src, prompts, outputs + first), iou
+
+    @torch.inference_mode()
+    def predict_points(
+        self, emb, coords: torch.Tensor, labels: torch.Tensor, multimask: bool = True
+    ) -> PointPrediction:
+        """Decode P prompts (see :meth:`decode`) in one call and keep each prompt's best mask: with
+        ``multimask`` SAM proposes 3 masks per prompt and the one with the highest predicted IoU is kept
+        ("select the mask with the highest confidence", seed 003 §3.2). Only the kept masks' pixels are
+        computed."""
+        if not multimask and self._dynamic_single():
+            low, iou = self._dynamic_single_mask(emb, coords, labels)
+            return PointPrediction(low, iou[:, 0], iou)
+        mask_tokens, src, iou, first = self._tokens(emb, coords, labels, multimask)
+        best = iou.argmax(dim=1)
+        rows = torch.arange(len(best), device=best.device)
+        low = self._masks(emb, mask_tokens, src, rows, best + first)
+        return PointPrediction(low[:, None], iou[rows, best], iou)
+
+
 def decode_shared_image(decoder, image_embeddings, image_pe, sparse, dense) -> tuple[torch.Tensor, torch.Tensor]:
     """segment-anything's ``MaskDecoder.predict_masks`` for B prompts on ONE image (see the module
     docstring): all mask tokens' low-res logits ``(B, 1 + M, 4h, 4w)`` and IoUs ``(B, 1 + M)``. Inputs as
@@ -110,16 +236,19 @@ def _sdpa_forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
     return self.out_proj(self._recombine_heads(out))
 
 
-def use_sdpa(decoder) -> int:
-    """Make every segment-anything ``Attention`` in ``decoder`` use :func:`_sdpa_forward` (instances only;
-    the library's class is not touched). Returns how many modules were switched. SAM 2's decoder already
-    uses SDPA and is left as it is."""
+def use_sdpa(decoder, on: bool = True) -> int:
+    """Make every segment-anything ``Attention`` in ``decoder`` use :func:`_sdpa_forward` (``on``) or its
+    own ``forward`` again (instances only; the library's class is not touched). Returns how many modules
+    were switched. SAM 2's decoder already uses SDPA and is left as it is."""
     from segment_anything.modeling.transformer import Attention
 
     n = 0
     for module in decoder.modules():
         if type(module) is Attention:
-            module.forward = _sdpa_forward.__get__(module)
+            if on:
+                module.forward = _sdpa_forward.__get__(module)
+            else:
+                module.__dict__.pop("forward", None)
             n += 1
     return n
 

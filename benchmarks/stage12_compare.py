@@ -1,0 +1,123 @@
+"""Stage 1.2's mask decoder, variant against variant, interleaved on the same image embeddings
+(``python benchmarks/stage12.py --compare``; see that script for the options).
+
+Variants (each one ``automask.generate`` over the whole grid of one image, SAM's own image embedding
+computed once beforehand and shared):
+
+- ``before``: the decoder as it was: segment-anything's explicit attention, mask upscaling for every prompt
+  and output, the IoU filter after it (``SamModel.decode`` then the filter);
+- ``filtered``: upscaling only for outputs that pass the IoU filter (``SamModel.decode_filtered``);
+- ``filtered+sdpa``: and the attention through ``F.scaled_dot_product_attention`` (the default);
+- ``...,batch=N``: the default with N prompts per decoder call;
+- ``compile``: the default under ``torch.compile`` (first call, compilation, timed apart);
+- ``skip_covered[,logit=T]``: the default with TinySAM's two-pass grid; its masks are matched against the
+  ``filtered+sdpa`` masks of the same image (recall: fraction of full-grid masks with a mask of IoU >= 0.9).
+
+Rounds: every variant once per round, in the same order, ``--repeats`` rounds; the table gives each
+variant's median seconds per image and its ratio to ``before`` from the same round (median over rounds).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import torch
+
+
+def mask_recall(reference: torch.Tensor, found: torch.Tensor, thresh: float = 0.9) -> float:
+    """Fraction of ``reference`` masks bool ``(N, H, W)`` with a ``found`` mask ``(M, H, W)`` of IoU >= thresh."""
+    if len(reference) == 0:
+        return float("nan")
+    if len(found) == 0:
+        return 0.0
+    a = reference.flatten(1).float()
+    b = found.flatten(1).float()
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    iou = inter / union.clamp(min=1)
+    return float((iou.max(dim=1).values >= thresh).float().mean())
+
+
+def _legacy_decode_filtered(sam):
+    """The decoder as it was before: every prompt's every output decoded, then the IoU filter."""
+
+    def decode_filtered(emb, coords, labels, min_iou, multimask=True):
+        low, iou = sam.decode(emb, coords, labels, multimask)
+        keep = iou >= min_iou
+        return keep, low[keep], iou
+
+    return decode_filtered
+
+
+def run_compare(sam, embeddings, seg, args, sync) -> list[tuple[str, str, str, str]]:
+    """Time the variants (module docstring) on ``embeddings``; returns table rows."""
+    from dataclasses import replace
+
+    from ovlabel.models.sam_decoder import compiled, decode_masks, decode_tokens, use_sdpa
+    from ovlabel.stages import automask
+
+    decoder = sam.sam.mask_decoder
+    real_decode_filtered = sam.decode_filtered
+
+    def setup(sdpa, legacy=False, compile_=False):
+        use_sdpa(decoder, sdpa)
+        sam.decode_filtered = _legacy_decode_filtered(sam) if legacy else real_decode_filtered
+        sam._decode_tokens, sam._decode_masks = (compiled_fns if compile_ else (decode_tokens, decode_masks))
+
+    compiled_fns = compiled(decode_tokens, decode_masks) if args.compile else None
+    variants = [("before", dict(sdpa=False, legacy=True), seg), ("filtered", dict(sdpa=False), seg),
+                ("filtered+sdpa", dict(sdpa=True), seg)]
+    variants += [(f"filtered+sdpa,batch={b}", dict(sdpa=True), replace(seg, points_per_batch=b)) for b in args.batch_sizes]
+    if args.compile:
+        variants.append(("filtered+sdpa+compile", dict(sdpa=True, compile_=True), seg))
+    for t in args.skip_logit:
+        name = "skip_covered" + ("" if t == seg.skip_logit_thresh else f",logit={t:g}")
+        variants.append((name, dict(sdpa=True), replace(seg, skip_covered=True, skip_logit_thresh=t)))
+
+    extra = {}
+    if args.compile:  # the first compiled call compiles: timed on its own, not in the rounds
+        setup(True, compile_=True)
+        sync()
+        t0 = time.perf_counter()
+        automask.generate(sam, embeddings[0], seg)
+        sync()
+        extra["compile: first image (compilation + run), s"] = f"{time.perf_counter() - t0:.1f}"
+    times: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+    ratios: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+    outputs: dict[str, list] = {name: [] for name, _, _ in variants}
+    prompts: dict[str, list[int]] = {name: [] for name, _, _ in variants}
+    for r in range(args.repeats):
+        round_t = {}
+        for name, kw, cfg in variants:
+            setup(**kw)
+            total, before_prompts = 0.0, sam.stats["sam_prompts"]
+            for emb in embeddings:
+                sync()
+                t0 = time.perf_counter()
+                out = automask.generate(sam, emb, cfg)
+                sync()
+                total += time.perf_counter() - t0
+                if r == 0:
+                    outputs[name].append(out.masks)
+            prompts[name].append((sam.stats["sam_prompts"] - before_prompts) / len(embeddings))
+            round_t[name] = total / len(embeddings)
+            times[name].append(round_t[name])
+            print(f"[round {r + 1}: {name}: {round_t[name]:.2f} s/image]", file=sys.stderr, flush=True)
+        for name in round_t:
+            ratios[name].append(round_t["before"] / round_t[name])
+    setup(True)
+    rows = []
+    for name, _, _ in variants:
+        recall = ""
+        if name.startswith("skip_covered"):
+            rec = [mask_recall(ref, got) for ref, got in zip(outputs["filtered+sdpa"], outputs[name])]
+            recall = f"{statistics.mean(rec):.3f}"
+        same = ""
+        if name in ("filtered", "filtered+sdpa") or name.startswith("filtered+sdpa,"):
+            same = str(all(torch.equal(a, b) for a, b in zip(outputs["before"], outputs[name])))
+        rows.append((name, f"{statistics.median(times[name]):.2f}", f"{statistics.median(ratios[name]):.2f}",
+                     f"{statistics.mean(prompts[name]):.0f}", f"{statistics.mean(len(m) for m in outputs[name]):.1f}",
+                     same, recall))
+    return rows, extra
