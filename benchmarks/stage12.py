@@ -56,6 +56,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="*", default=[128], help="--compare: extra points_per_batch values")
     ap.add_argument("--compile", action="store_true", help="--compare: also time torch.compile")
     ap.add_argument("--skip-logit", type=float, nargs="*", default=[8.5], help="--compare: skip_covered logit thresholds")
+    ap.add_argument("--fake-scenes", type=int, default=0,
+                    help="--compare: instead, full grid vs skip_covered with FakeSam on N synthetic scenes")
     args = ap.parse_args()
     if args.compare:
         return compare(args)
@@ -167,8 +169,15 @@ def compare(args) -> None:
     from ovlabel.device import resolve_device, resolve_precision
     from ovlabel.io.images import decode_image, discover_images, read_file
     from ovlabel.models.registry import load_model, parse_model
-    from stage12_compare import run_compare
+    from stage12_compare import fake_scenes, run_compare
 
+    if args.fake_scenes:
+        print(f"skip_covered vs the full {args.points_per_side}x{args.points_per_side} grid, FakeSam (segments by colour), "
+              f"synthetic flat-colour scenes 256x256, SAM's default filters, skip_stride 4")
+        print("| measure | value |\n|---|---|")
+        for k, v in fake_scenes(args.fake_scenes, args.points_per_side, 4):
+            print(f"| {k} | {v} |")
+        return
     torch.set_flush_denormal(True)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
