@@ -130,12 +130,8 @@ def parse_model(value: str, family: str) -> ModelSpec:
         return ModelSpec(family, "tiny", "tiny", "")
     if family == "clip":
         return _parse_clip(value, arch, weights)
-    if family == "sam":
-        return _parse_sam(value, arch, weights)
-    if family == "sam2":
-        return _parse_sam2(value, arch, weights)
-    if family == "dinov2":
-        return _parse_dinov2(value, arch, weights)
+    if family in _OFFICIAL:
+        return _parse_official(value, family, arch, weights)
     if family == "blip":
         return _parse_blip(value, arch, weights)
     raise OvlabelError(f"unknown model family '{family}': use one of {', '.join(FAMILIES)}")
@@ -174,28 +170,17 @@ def _parse_clip(value: str, arch: str, weights: str) -> ModelSpec:
     return _weights_kind(value, "clip", arch, weights, tags)
 
 
-def _parse_sam(value: str, arch: str, weights: str) -> ModelSpec:
-    if arch not in SAM_ARCHS:
-        raise OvlabelError(f"unknown SAM architecture '{arch}' in '{value}': use one of {', '.join(SAM_ARCHS)} or tiny")
+#: Families whose weights are one official checkpoint per architecture: (architectures, name in messages).
+_OFFICIAL = {"sam": (SAM_ARCHS, "SAM"), "sam2": (SAM2_ARCHS, "SAM 2"), "dinov2": (DINOV2_ARCHS, "DINOv2")}
+
+
+def _parse_official(value: str, family: str, arch: str, weights: str) -> ModelSpec:
+    archs, label = _OFFICIAL[family]
+    if arch not in archs:
+        raise OvlabelError(f"unknown {label} architecture '{arch}' in '{value}': use one of {', '.join(archs)} or tiny")
     if not weights:
-        return ModelSpec("sam", arch, "pretrained", "official")
-    return _weights_kind(value, "sam", arch, weights, ["official"])
-
-
-def _parse_sam2(value: str, arch: str, weights: str) -> ModelSpec:
-    if arch not in SAM2_ARCHS:
-        raise OvlabelError(f"unknown SAM 2 architecture '{arch}' in '{value}': use one of {', '.join(SAM2_ARCHS)} or tiny")
-    if not weights:
-        return ModelSpec("sam2", arch, "pretrained", "official")
-    return _weights_kind(value, "sam2", arch, weights, ["official"])
-
-
-def _parse_dinov2(value: str, arch: str, weights: str) -> ModelSpec:
-    if arch not in DINOV2_ARCHS:
-        raise OvlabelError(f"unknown DINOv2 architecture '{arch}' in '{value}': use one of {', '.join(DINOV2_ARCHS)} or tiny")
-    if not weights:
-        return ModelSpec("dinov2", arch, "pretrained", "official")
-    return _weights_kind(value, "dinov2", arch, weights, ["official"])
+        return ModelSpec(family, arch, "pretrained", "official")
+    return _weights_kind(value, family, arch, weights, ["official"])
 
 
 def _parse_blip(value: str, arch: str, weights: str) -> ModelSpec:
