@@ -56,6 +56,9 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="*", default=[128], help="--compare: extra points_per_batch values")
     ap.add_argument("--compile", action="store_true", help="--compare: also time torch.compile")
     ap.add_argument("--skip-logit", type=float, nargs="*", default=[8.5], help="--compare: skip_covered logit thresholds")
+    ap.add_argument("--micro", type=int, default=0, help="--compare: instead, one decoder call of N prompts, variants")
+    ap.add_argument("--encoders", nargs="*", default=None,
+                    help="--compare: instead, time these SAM / SAM 2 image encoders on the first image")
     ap.add_argument("--fake-scenes", type=int, default=0,
                     help="--compare: instead, full grid vs skip_covered with FakeSam on N synthetic scenes")
     args = ap.parse_args()
@@ -169,7 +172,7 @@ def compare(args) -> None:
     from ovlabel.device import resolve_device, resolve_precision
     from ovlabel.io.images import decode_image, discover_images, read_file
     from ovlabel.models.registry import load_model, parse_model
-    from stage12_compare import fake_scenes, run_compare
+    from stage12_compare import encoders, fake_scenes, micro, run_compare
 
     if args.fake_scenes:
         print(f"skip_covered vs the full {args.points_per_side}x{args.points_per_side} grid, FakeSam (segments by colour), "
@@ -181,15 +184,37 @@ def compare(args) -> None:
     torch.set_flush_denormal(True)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if args.encoders:
+        image = decode_image(read_file(discover_images(args.images).entries[0].path)[0])
+        rows = encoders(args.encoders, image, args.repeats, device, precision, sync)
+        load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        print(f"image encoders, {image.shape[1]}x{image.shape[0]} image, {args.repeats} interleaved rounds, "
+              f"precision {precision}, torch {torch.__version__}, {torch.get_num_threads()} threads; load after: {load}")
+        print("| model | encoder s/image | first / model |\n|---|---|---|")
+        for r in rows:
+            print("| " + " | ".join(r) + " |")
+        return
     sam = load_model(parse_model(args.sam, "sam"), device, precision, sdpa=False)
     entries = discover_images(args.images).entries[: args.images_max]
     images = [decode_image(read_file(e.path)[0]) for e in entries]
+    if args.micro:
+        with torch.inference_mode():
+            (emb,) = sam.embed(images[:1])
+        rows = micro(sam, emb, args.repeats, args.micro, sync)
+        load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        print(f"SAM mask decoder ({args.sam}), one call of {args.micro} grid prompts on {entries[0].rel}, "
+              f"{args.repeats} interleaved rounds, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+              f"load after: {load}")
+        print("| variant | s per call | whole decoder, explicit attention / variant |\n|---|---|---|")
+        for r in rows:
+            print("| " + " | ".join(r) + " |")
+        return
     thresh = _iou_threshold(sam, images[0], args)
     seg = AutoMaskConfig(points_per_side=args.points_per_side, pred_iou_thresh=thresh, stability_score_thresh=0.0,
                          box_nms_thresh=args.box_nms_thresh, min_area=0.0, max_area=1.0)
     with torch.inference_mode():
         embeddings = [sam.embed([img])[0] for img in images]
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     rows, extra = run_compare(sam, embeddings, seg, args, sync)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -202,7 +227,8 @@ def compare(args) -> None:
     for k, v in extra.items():
         print(f"{k}: {v}")
     print()
-    head = ("variant", "s/image", "before / variant", "prompts/image", "masks/image", "masks == before", "recall@0.9")
+    head = ("variant", "s/image", "CPU s/image", "before / variant", "prompts/image", "prompts upscaled/image", "masks/image",
+            "masks == before", "recall@0.9")
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
     for r in rows:

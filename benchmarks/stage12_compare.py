@@ -14,7 +14,8 @@ computed once beforehand and shared):
   ``filtered+sdpa`` masks of the same image (recall: fraction of full-grid masks with a mask of IoU >= 0.9).
 
 Rounds: every variant once per round, in the same order, ``--repeats`` rounds; the table gives each
-variant's median seconds per image and its ratio to ``before`` from the same round (median over rounds).
+variant's median wall and process-CPU seconds per image and its wall-time ratio to ``before`` from the
+same round (median over rounds).
 """
 
 from __future__ import annotations
@@ -85,14 +86,17 @@ def run_compare(sam, embeddings, seg, args, sync) -> list[tuple[str, str, str, s
         sync()
         extra["compile: first image (compilation + run), s"] = f"{time.perf_counter() - t0:.1f}"
     times: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+    cpu: dict[str, list[float]] = {name: [] for name, _, _ in variants}
     ratios: dict[str, list[float]] = {name: [] for name, _, _ in variants}
     outputs: dict[str, list] = {name: [] for name, _, _ in variants}
     prompts: dict[str, list[int]] = {name: [] for name, _, _ in variants}
+    upscaled: dict[str, list[int]] = {name: [] for name, _, _ in variants}
     for r in range(args.repeats):
         round_t = {}
         for name, kw, cfg in variants:
             setup(**kw)
-            total, before_prompts = 0.0, sam.stats["sam_prompts"]
+            total, before_prompts, before_up = 0.0, sam.stats["sam_prompts"], sam.stats["sam_prompts_upscaled"]
+            c0 = time.process_time()
             for emb in embeddings:
                 sync()
                 t0 = time.perf_counter()
@@ -101,7 +105,9 @@ def run_compare(sam, embeddings, seg, args, sync) -> list[tuple[str, str, str, s
                 total += time.perf_counter() - t0
                 if r == 0:
                     outputs[name].append(out.masks)
+            cpu[name].append((time.process_time() - c0) / len(embeddings))
             prompts[name].append((sam.stats["sam_prompts"] - before_prompts) / len(embeddings))
+            upscaled[name].append((sam.stats["sam_prompts_upscaled"] - before_up) / len(embeddings))
             round_t[name] = total / len(embeddings)
             times[name].append(round_t[name])
             print(f"[round {r + 1}: {name}: {round_t[name]:.2f} s/image]", file=sys.stderr, flush=True)
@@ -117,8 +123,10 @@ def run_compare(sam, embeddings, seg, args, sync) -> list[tuple[str, str, str, s
         same = ""
         if name in ("filtered", "filtered+sdpa") or name.startswith("filtered+sdpa,"):
             same = str(all(torch.equal(a, b) for a, b in zip(outputs["before"], outputs[name])))
-        rows.append((name, f"{statistics.median(times[name]):.2f}", f"{statistics.median(ratios[name]):.2f}",
-                     f"{statistics.mean(prompts[name]):.0f}", f"{statistics.mean(len(m) for m in outputs[name]):.1f}",
+        rows.append((name, f"{statistics.median(times[name]):.2f}", f"{statistics.median(cpu[name]):.2f}",
+                     f"{statistics.median(ratios[name]):.2f}",
+                     f"{statistics.mean(prompts[name]):.0f}", f"{statistics.mean(upscaled[name]):.0f}",
+                     f"{statistics.mean(len(m) for m in outputs[name]):.1f}",
                      same, recall))
     return rows, extra
 
@@ -179,3 +187,74 @@ def fake_scenes(n: int, points_per_side: int, stride: int) -> list[tuple[str, st
         ("recall of full-grid masks (IoU >= 0.9), mean over scenes", f"{statistics.mean(recalls):.3f}"),
         ("scenes with every full-grid mask recovered", f"{sum(r == 1.0 for r in recalls)}/{n}"),
     ]
+
+
+def encoders(specs: list[str], image, repeats: int, device, precision: str, sync) -> list[tuple[str, ...]]:
+    """Image-encoder seconds per image of each SAM / SAM 2 spec on ``image``, interleaved ``repeats`` rounds
+    (one untimed warm-up call each); the ratio is to the first spec, per round, median over rounds."""
+    from ovlabel.models.registry import load_model, parse_model
+
+    models = [load_model(parse_model(s, "sam"), device, precision) for s in specs]
+    for m in models:
+        m.embed([image])
+    times: dict[str, list[float]] = {s: [] for s in specs}
+    for r in range(repeats):
+        for spec, m in zip(specs, models):
+            sync()
+            t0 = time.perf_counter()
+            m.embed([image])
+            sync()
+            times[spec].append(time.perf_counter() - t0)
+            print(f"[round {r + 1}: {spec}: {times[spec][-1]:.2f} s]", file=sys.stderr, flush=True)
+    first = times[specs[0]]
+    return [(s, f"{statistics.median(t):.2f}", f"{statistics.median(a / b for a, b in zip(first, t)):.2f}")
+            for s, t in times.items()]
+
+
+def micro(sam, emb, repeats: int, batch: int, sync) -> list[tuple[str, ...]]:
+    """One decoder call of ``batch`` grid prompts, interleaved ``repeats`` rounds: the transformer alone
+    (explicit attention / SDPA), the whole decoder unfiltered, and filtered at IoU thresholds that keep
+    the mask head for about 75 %, 50 % and 25 % of the prompts (SDPA on)."""
+    from ovlabel.models.sam_decoder import use_sdpa
+    from ovlabel.stages.automask import point_grid
+
+    h, w = emb.original_size
+    pts = point_grid(32, h, w)[:batch, None]
+    labels = torch.ones(len(pts), 1, dtype=torch.int64)
+    _, iou = sam.decode(emb, pts, labels)
+    best = iou.max(dim=1).values.sort().values  # a prompt is upscaled if its best output passes
+    cuts = {f: float(best[int(len(best) * (1 - f))]) for f in (0.75, 0.5, 0.25)}
+
+    def tokens(on):
+        use_sdpa(sam.decoder, on)
+        return lambda: sam._tokens(emb, pts, labels, True)
+
+    def full(on):
+        use_sdpa(sam.decoder, on)
+        return lambda: sam.decode(emb, pts, labels)
+
+    def filtered(f):
+        use_sdpa(sam.decoder, True)
+        return lambda: sam.decode_filtered(emb, pts, labels, cuts[f])
+
+    variants = [("transformer + IoU head, explicit attention", lambda: tokens(False)),
+                ("transformer + IoU head, SDPA", lambda: tokens(True)),
+                ("whole decoder, explicit attention", lambda: full(False)),
+                ("whole decoder, SDPA", lambda: full(True))]
+    variants += [(f"whole decoder, SDPA, mask head for {int(f * 100)} % of prompts", (lambda f=f: filtered(f)))
+                 for f in (0.75, 0.5, 0.25)]
+    times: dict[str, list[float]] = {n: [] for n, _ in variants}
+    with torch.inference_mode():
+        for r in range(repeats):
+            for name, make in variants:
+                fn = make()
+                sync()
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                times[name].append(time.perf_counter() - t0)
+            print(f"[micro round {r + 1} done]", file=sys.stderr, flush=True)
+    use_sdpa(sam.decoder, True)
+    ref = times["whole decoder, explicit attention"]
+    return [(n, f"{statistics.median(t):.2f}", f"{statistics.median(a / b for a, b in zip(ref, t)):.2f}")
+            for n, t in times.items()]

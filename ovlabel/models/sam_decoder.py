@@ -71,7 +71,10 @@ def decode_masks(
         return src.new_zeros(0, 4 * h, 4 * w)
     uniq, inverse = torch.unique(prompts, sorted=True, return_inverse=True)
     c = src.shape[-1]
-    image = src[uniq].transpose(1, 2).reshape(len(uniq), c, *size)
+    rows = src if len(uniq) == len(src) else src[uniq]  # uniq is sorted: all prompts = every row, in order
+    # the same (contiguous) layout as the decoder's own transpose-reshape: a strided input would change the
+    # convolution's kernel, hence the rounding
+    image = rows.transpose(1, 2).reshape(len(uniq), c, *size)
     if high_res is None or not getattr(decoder, "use_high_res_features", False):
         upscaled = decoder.output_upscaling(image)
     else:  # SAM 2's MaskDecoder.predict_masks with use_high_res_features
@@ -138,6 +141,7 @@ class PromptDecoding:
                     self.decoder, mask_tokens, src, size, prompts[sel], tokens[sel], self._high_res(emb)
                 ).float())
         self.stats["sam_masks_decoded"] += len(prompts)
+        self.stats["sam_prompts_upscaled"] += len(uniq)
         return torch.cat(out) if out else src.new_zeros(0, 4 * size[0], 4 * size[1], dtype=torch.float32)
 
     def _high_res(self, emb):

@@ -11,7 +11,13 @@ optionally holes and islands cleaned. Two things differ, both for speed on the m
 (DESIGN: the decoder dominates automatic generation): the IoU and stability filters, the boxes and the
 NMS work on the decoder's low-resolution logits (256² for the 1024 px encoder frame), and only the
 survivors are upsampled to the image, where the area bounds are applied exactly. Stability computed at
-low resolution is the same ratio of areas measured on a 4× coarser grid.
+low resolution is the same ratio of areas measured on a 4× coarser grid. The decoder itself computes mask
+pixels only for the outputs whose predicted IoU passes (``decode_filtered``, see
+:mod:`ovlabel.models.sam_decoder`), with the same numbers as the unfiltered decoder.
+
+``skip_covered`` (off by default) prompts the grid in two passes, skipping points inside confident masks
+of the first (TinySAM's hierarchical strategy; :func:`sparse_subgrid`, :func:`covered_points`,
+docs/stage1.2.md).
 """
 
 from __future__ import annotations
