@@ -201,7 +201,7 @@ def compare(args) -> None:
     if args.micro:
         with torch.inference_mode():
             (emb,) = sam.embed(images[:1])
-        rows = micro(sam, emb, args.repeats, args.micro, sync)
+        rows = micro(sam, emb, args.repeats, args.micro, sync, args.compile)
         load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
         print(f"SAM mask decoder ({args.sam}), one call of {args.micro} grid prompts on {entries[0].rel}, "
               f"{args.repeats} interleaved rounds, {torch.get_num_threads()} threads, torch {torch.__version__}; "

@@ -211,7 +211,7 @@ def encoders(specs: list[str], image, repeats: int, device, precision: str, sync
             for s, t in times.items()]
 
 
-def micro(sam, emb, repeats: int, batch: int, sync) -> list[tuple[str, ...]]:
+def micro(sam, emb, repeats: int, batch: int, sync, compile_: bool = False) -> list[tuple[str, ...]]:
     """One decoder call of ``batch`` grid prompts, interleaved ``repeats`` rounds: the transformer alone
     (explicit attention / SDPA), the whole decoder unfiltered, and filtered at IoU thresholds that keep
     the mask head for about 75 %, 50 % and 25 % of the prompts (SDPA on)."""
@@ -243,6 +243,30 @@ def micro(sam, emb, repeats: int, batch: int, sync) -> list[tuple[str, ...]]:
                 ("whole decoder, SDPA", lambda: full(True))]
     variants += [(f"whole decoder, SDPA, mask head for {int(f * 100)} % of prompts", (lambda f=f: filtered(f)))
                  for f in (0.75, 0.5, 0.25)]
+    if compile_:  # the transformer half only, one shape: no recompilation in the rounds
+        from ovlabel.models.sam_decoder import compiled, decode_tokens
+
+        fast = compiled(decode_tokens)[0]
+        use_sdpa(sam.decoder, True)
+        eager, sam._decode_tokens = sam._decode_tokens, fast
+        t0 = time.perf_counter()
+        sam._tokens(emb, pts, labels, True)
+        print(f"[torch.compile of the transformer half: first call {time.perf_counter() - t0:.1f} s]",
+              file=sys.stderr, flush=True)
+        sam._decode_tokens = eager
+
+        def compiled_tokens():
+            use_sdpa(sam.decoder, True)
+
+            def run():
+                sam._decode_tokens = fast
+                try:
+                    sam._tokens(emb, pts, labels, True)
+                finally:
+                    sam._decode_tokens = eager
+            return run
+
+        variants.append(("transformer + IoU head, SDPA, torch.compile", compiled_tokens))
     times: dict[str, list[float]] = {n: [] for n, _ in variants}
     with torch.inference_mode():
         for r in range(repeats):
