@@ -167,12 +167,12 @@ def compare(args) -> None:
     import subprocess
 
     import torch
+    from stage12_compare import encoders, fake_scenes, micro, run_compare
 
     from ovlabel.config import AutoMaskConfig
     from ovlabel.device import resolve_device, resolve_precision
     from ovlabel.io.images import decode_image, discover_images, read_file
     from ovlabel.models.registry import load_model, parse_model
-    from stage12_compare import encoders, fake_scenes, micro, run_compare
 
     if args.fake_scenes:
         print(f"skip_covered vs the full {args.points_per_side}x{args.points_per_side} grid, FakeSam (segments by colour), "

@@ -158,7 +158,6 @@ def fake_scenes(n: int, points_per_side: int, stride: int) -> list[tuple[str, st
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from fakes import FakeSam
-
     from ovlabel.config import AutoMaskConfig
     from ovlabel.stages import automask
 
