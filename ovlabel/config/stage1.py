@@ -207,8 +207,9 @@ class PseudoLabelConfig:
 
     Speed only (not in a run's settings): ``sdpa`` runs SAM's mask-decoder attention through PyTorch's
     fused ``scaled_dot_product_attention`` (same maths, float rounding differs; SAM 2 always does);
-    ``compile`` wraps SAM's image encoder and mask decoder in ``torch.compile`` (compiles on the first
-    images, pays off on long runs; needs a C++ compiler on CPU, Triton on CUDA).
+    ``compile`` wraps SAM's image encoder and mask decoder (SAM 2: its decoder) in ``torch.compile``
+    (compiles on the first images; needs a C++ compiler on CPU, Triton on CUDA; slower than eager on the
+    CPU measured in docs/benchmarks.md).
     """
 
     vocab: str = "coco-stuff"
