@@ -18,6 +18,7 @@ the same run.
 
     python benchmarks/stage12.py                                   # ViT-L-14 + SAM ViT-H, 2 images
     python benchmarks/stage12.py --clip clip:ViT-B-16/random --sam sam:vit_b/random --images-max 4
+    python benchmarks/stage12.py --compare --sam sam:vit_b/random --images-max 1   # decoder variants only
 """
 
 from __future__ import annotations
@@ -50,7 +51,19 @@ def main() -> None:
     ap.add_argument("--box-nms-thresh", type=float, default=1.0)
     ap.add_argument("--classifier", default="fmbseg", choices=["fmbseg", "ovseg", "ensemble"])
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--compare", action="store_true", help="time Stage 1.2 decoder variants instead (stage12_compare.py)")
+    ap.add_argument("--repeats", type=int, default=2, help="--compare: interleaved rounds")
+    ap.add_argument("--batch-sizes", type=int, nargs="*", default=[128], help="--compare: extra points_per_batch values")
+    ap.add_argument("--compile", action="store_true", help="--compare: also time torch.compile")
+    ap.add_argument("--skip-logit", type=float, nargs="*", default=[8.5], help="--compare: skip_covered logit thresholds")
+    ap.add_argument("--micro", type=int, default=0, help="--compare: instead, one decoder call of N prompts, variants")
+    ap.add_argument("--encoders", nargs="*", default=None,
+                    help="--compare: instead, time these SAM / SAM 2 image encoders on the first image")
+    ap.add_argument("--fake-scenes", type=int, default=0,
+                    help="--compare: instead, full grid vs skip_covered with FakeSam on N synthetic scenes")
     args = ap.parse_args()
+    if args.compare:
+        return compare(args)
     cache = tempfile.TemporaryDirectory()
     os.environ["OVLABEL_CACHE"] = cache.name
 
@@ -147,6 +160,79 @@ def main() -> None:
     print(f"|{'-' * (w + 2)}|{'-' * 10}|")
     for k, v in rows:
         print(f"| {k:{w}} | {v:>8} |")
+
+
+def compare(args) -> None:
+    """``--compare``: Stage 1.2 decoder variants, interleaved, on the same SAM embeddings."""
+    import subprocess
+
+    import torch
+    from stage12_compare import encoders, fake_scenes, micro, run_compare
+
+    from ovlabel.config import AutoMaskConfig
+    from ovlabel.device import resolve_device, resolve_precision
+    from ovlabel.io.images import decode_image, discover_images, read_file
+    from ovlabel.models.registry import load_model, parse_model
+
+    if args.fake_scenes:
+        print(f"skip_covered vs the full {args.points_per_side}x{args.points_per_side} grid, FakeSam (segments by colour), "
+              f"synthetic flat-colour scenes 256x256, SAM's default filters, skip_stride 4")
+        print("| measure | value |\n|---|---|")
+        for k, v in fake_scenes(args.fake_scenes, args.points_per_side, 4):
+            print(f"| {k} | {v} |")
+        return
+    torch.set_flush_denormal(True)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if args.encoders:
+        image = decode_image(read_file(discover_images(args.images).entries[0].path)[0])
+        rows = encoders(args.encoders, image, args.repeats, device, precision, sync)
+        load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        print(f"image encoders, {image.shape[1]}x{image.shape[0]} image, {args.repeats} interleaved rounds, "
+              f"precision {precision}, torch {torch.__version__}, {torch.get_num_threads()} threads; load after: {load}")
+        print("| model | encoder s/image | first / model |\n|---|---|---|")
+        for r in rows:
+            print("| " + " | ".join(r) + " |")
+        return
+    sam = load_model(parse_model(args.sam, "sam"), device, precision, sdpa=False)
+    entries = discover_images(args.images).entries[: args.images_max]
+    images = [decode_image(read_file(e.path)[0]) for e in entries]
+    if args.micro:
+        with torch.inference_mode():
+            (emb,) = sam.embed(images[:1])
+        rows = micro(sam, emb, args.repeats, args.micro, sync, args.compile)
+        load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        print(f"SAM mask decoder ({args.sam}), one call of {args.micro} grid prompts on {entries[0].rel}, "
+              f"{args.repeats} interleaved rounds, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+              f"load after: {load}")
+        print("| variant | s per call | whole decoder, explicit attention / variant |\n|---|---|---|")
+        for r in rows:
+            print("| " + " | ".join(r) + " |")
+        return
+    thresh = _iou_threshold(sam, images[0], args)
+    seg = AutoMaskConfig(points_per_side=args.points_per_side, pred_iou_thresh=thresh, stability_score_thresh=0.0,
+                         box_nms_thresh=args.box_nms_thresh, min_area=0.0, max_area=1.0)
+    with torch.inference_mode():
+        embeddings = [sam.embed([img])[0] for img in images]
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    rows, extra = run_compare(sam, embeddings, seg, args, sync)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    print(f"Stage 1.2 decoder variants: {args.sam}; {args.points_per_side}x{args.points_per_side} points; "
+          f"IoU >= {thresh:.4f} (~{args.target_masks} masks/image), box NMS {args.box_nms_thresh}, stability off")
+    print(f"ran on: {where}; precision {precision}; torch {torch.__version__}; {len(images)} image(s): "
+          f"{', '.join(e.rel for e in entries)}; {args.repeats} interleaved rounds")
+    print(f"load before: {load}")
+    print(f"load after:  {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    for k, v in extra.items():
+        print(f"{k}: {v}")
+    print()
+    head = ("variant", "s/image", "CPU s/image", "before / variant", "prompts/image", "prompts upscaled/image", "masks/image",
+            "masks == before", "recall@0.9")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" for _ in head) + "|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
 
 
 def _iou_threshold(sam, image, args) -> float:

@@ -85,6 +85,11 @@ class FakeSam:
         logits = torch.stack(cands).float() * 20 - 10  # (P, 3, H, W)
         return logits, self.scores.expand(len(cands), 3).clone()
 
+    def decode_filtered(self, emb, coords, labels, min_iou, multimask=True):
+        masks, iou = self.decode(emb, coords, labels, multimask)
+        keep = iou >= min_iou
+        return keep, masks[keep], iou
+
     def low_res_geometry(self, emb):
         h, w = emb.original_size
         return h, w, 1.0, 1.0

@@ -199,24 +199,3 @@ def test_sam_keeps_each_prompts_most_confident_mask(tiny_sam):
     assert torch.equal(tiny_sam.upscale(emb, out.low_res_logits), masks[torch.arange(4), best])
 
 
-@pytest.mark.parametrize("multimask", [True, False])
-def test_sam_decoder_on_one_shared_image_equals_segment_anythings(multimask):
-    """decode_shared_image skips segment-anything's per-prompt copies of the image; same numbers, at the
-    real decoder's size (256 channels, 64x64 embedding, 8 heads)."""
-    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
-
-    from ovlabel.models.sam import decode_shared_image
-
-    torch.manual_seed(0)
-    decoder = MaskDecoder(
-        num_multimask_outputs=3, transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-        transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
-    ).eval()
-    pe = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=16)
-    emb = torch.randn(1, 256, 64, 64)
-    with torch.inference_mode():
-        sparse, dense = pe(points=(torch.rand(3, 2, 2) * 1024, torch.tensor([[1, 1], [1, 0], [0, 1]])), boxes=None, masks=None)
-        ref, ref_iou = decoder(emb, pe.get_dense_pe(), sparse, dense, multimask_output=multimask)
-        masks, iou = decode_shared_image(decoder, emb, pe.get_dense_pe(), sparse, dense[:1])
-    sl = slice(1, None) if multimask else slice(0, 1)
-    assert torch.allclose(masks[:, sl], ref, atol=1e-5) and torch.allclose(iou[:, sl], ref_iou, atol=1e-6)

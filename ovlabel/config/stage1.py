@@ -82,6 +82,14 @@ class AutoMaskConfig:
     - ``min_area`` / ``max_area``: area bounds as fractions of the image.
     - ``min_region_area``: fill holes and drop islands smaller than this many pixels (0 = off; SAM's
       ``min_mask_region_area``).
+    - ``skip_covered``: fewer prompts (off by default until real weights show the recall): prompt a sparse
+      sub-grid first (every ``skip_stride``-th point per side), then only the remaining grid points that
+      do not fall on a pixel where a mask kept so far (past the IoU, stability and non-empty filters) has
+      a logit above ``skip_logit_thresh``; all candidates then go through the same NMS. TinySAM's
+      "hierarchical segment everything" (xinghaochen/TinySAM, ``tinysam/hierarchical_mask_generator.py``:
+      4x sparser first grid, ``high_score_thresh=8.5``); see docs/stage1.2.md for where ovlabel differs.
+    - ``skip_stride`` / ``skip_logit_thresh``: the first pass's spacing (grid points) and the logit above
+      which a kept mask's pixel counts as covered.
     """
 
     points_per_side: int = knob(32, help="Stage 1.2: SAM prompt grid points per side.")
@@ -95,6 +103,13 @@ class AutoMaskConfig:
     min_area: float = knob(0.0005, help="Stage 1.2: smallest mask kept, as a fraction of the image.")
     max_area: float = knob(0.95, help="Stage 1.2: largest mask kept, as a fraction of the image.")
     min_region_area: int = knob(0, help="Stage 1.2: fill holes and drop islands below this many pixels (0 = off).")
+    skip_covered: bool = knob(False, help="Stage 1.2: prompt a sparse sub-grid first, then only grid points not "
+                              "covered by a kept mask (TinySAM's hierarchical prompting; fewer decoder calls).",
+                              flag="--skip-covered/--full-grid")
+    skip_stride: int = knob(4, help="Stage 1.2 with --skip-covered: the first pass prompts every this-th grid point "
+                            "per side.")
+    skip_logit_thresh: float = knob(8.5, help="Stage 1.2 with --skip-covered: a point is covered where a kept "
+                                    "mask's logit exceeds this (TinySAM: 8.5).")
 
     def __post_init__(self):
         _check(self, [
@@ -107,11 +122,16 @@ class AutoMaskConfig:
             (0.0 <= self.min_area < 1.0, "min_area", "a fraction of the image in [0, 1)"),
             (self.min_area < self.max_area <= 1.0, "max_area", f"a fraction in (min_area={self.min_area}, 1]"),
             (self.min_region_area >= 0, "min_region_area", "an integer >= 0 (pixels)"),
+            (self.skip_stride >= 2, "skip_stride", "an integer >= 2 (grid points)"),
         ])
 
     def result_params(self) -> dict:
+        """Parameters that change the masks; the skip knobs only when ``skip_covered`` is on (runs made
+        before they existed keep their settings key)."""
         d = asdict(self)
         del d["points_per_batch"]
+        if not self.skip_covered:
+            del d["skip_covered"], d["skip_stride"], d["skip_logit_thresh"]
         return d
 
 
@@ -231,6 +251,12 @@ class PseudoLabelConfig(ModelRunConfig):
     ``models`` is a preset (``default`` or ``tiny``); ``clip``/``sam`` override one family
     (see :mod:`ovlabel.models.registry`). ``image_batch`` images are in flight at once: their CLIP crops
     share batches. ``overwrite`` redoes images that are already done.
+
+    Speed only (not in a run's settings): ``sdpa`` runs SAM's mask-decoder attention through PyTorch's
+    fused ``scaled_dot_product_attention`` (same maths, float rounding differs; SAM 2 always does);
+    ``compile`` wraps SAM's image encoder and mask decoder (SAM 2: its decoder) in ``torch.compile``
+    (compiles on the first images; needs a C++ compiler on CPU, Triton on CUDA; slower than eager on the
+    CPU measured in docs/benchmarks.md).
     """
 
     vocab: str = knob("coco-stuff", help="Preset (coco-stuff, coco-object, voc, voc-bg, pascal-context, "
@@ -253,6 +279,9 @@ class PseudoLabelConfig(ModelRunConfig):
                                 "with the vocabulary classes its captions name only (OVSegmentor §3).", shown="none")
     captions_missing: str = knob("all", help="Images the captions name no class for: all (the whole vocabulary) or "
                                  "none (no class: unlabeled).")
+    sdpa: bool = knob(True, help="Fused attention (scaled_dot_product_attention) in SAM's mask decoder (speed only).")
+    compile: bool = knob(False, help="torch.compile SAM's encoder and mask decoder (slow first images; speed only).",
+                         flag="--compile")
 
     def __post_init__(self):
         super().__post_init__()

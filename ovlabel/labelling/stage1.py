@@ -104,7 +104,7 @@ class Stage1Worker(Worker):
             clip, sam = models["clip"], models["sam"]
         else:
             clip = load_model(stage.specs["clip"], self.device, self.precision)
-            sam = load_model(stage.specs["sam"], self.device, self.precision)
+            sam = load_model(stage.specs["sam"], self.device, self.precision, sdpa=cfg.sdpa, compile=cfg.compile)
         text = class_text_features(clip, stage.vocab, stage.templates)
         crop_text = None
         if "1.2" in cfg.stages and cfg.classify.needs_crops:
@@ -209,7 +209,8 @@ def config_from_run(doc: dict) -> PseudoLabelConfig:
     if not params:
         raise OvlabelError("run.json has no recorded parameters (the run never completed once); rerun pseudo-label")
     fields = {k: params[k] for k in ("vocab", "templates", "models", "clip", "sam", "device", "precision",
-                                    "image_batch", "overlays") if k in params}
+                                    "image_batch", "overlays", "sdpa", "compile", "captions", "captions_missing")
+              if k in params}
     cfg = PseudoLabelConfig(**fields, detect=DetectConfig(**params["detect"]),
                             stages=tuple(params.get("stages", ["1.1"])))
     for name, klass in (("automask", AutoMaskConfig), ("classify", ClassifyConfig), ("merge", MergeConfig)):

@@ -5,6 +5,9 @@ Syntax: ``FAMILY:ARCH[/WEIGHTS]``.
 - ``clip:ARCH/TAG`` an open_clip architecture and pretrained tag, e.g. ``clip:ViT-L-14/openai``
   (FMbSeg's choice, seed 003 §4.1). Without a tag, ``openai`` when it exists.
 - ``sam:vit_h``, ``sam:vit_l``, ``sam:vit_b``: segment-anything with the official checkpoint.
+- ``sam2:hiera_large``, ``sam2:hiera_base_plus``, ``sam2:hiera_small``, ``sam2:hiera_tiny``: SAM 2.1 through the
+  ``sam2`` package (optional extra ``sam2``) with the official checkpoint; accepted wherever a ``sam`` model
+  is (``--sam sam2:hiera_large``). ``sam2:tiny`` is its tiny random variant.
 - ``dinov2:dinov2_vitl14`` (FMbSeg's choice, seed 003 §4.1), ``dinov2_vits14``, ``dinov2_vitb14``,
   ``dinov2_vitg14``, each also with registers (``dinov2_vitb14_reg``): DINOv2 through torch.hub with the
   official checkpoint (see :mod:`ovlabel.models.dinov2`).
@@ -36,8 +39,9 @@ from ovlabel.models.weights import identity, weights_file  # re-exported: where 
 __all__ = ["FAMILIES", "KNOWN_MODELS", "MODEL_PRESETS", "ModelSpec", "identity", "load_model", "parse_model",
            "resolve_models", "weights_file"]
 
-FAMILIES = ("clip", "sam", "dinov2", "blip")
+FAMILIES = ("clip", "sam", "sam2", "dinov2", "blip")
 SAM_ARCHS = ("vit_h", "vit_l", "vit_b")
+SAM2_ARCHS = ("hiera_large", "hiera_base_plus", "hiera_small", "hiera_tiny")
 #: torch.hub entry points of facebookresearch/dinov2 (backbones; ``_reg``: with 4 register tokens).
 DINOV2_ARCHS = tuple(f"dinov2_vit{size}14{reg}" for size in "sblg" for reg in ("", "_reg"))
 BLIP_ARCHS = ("itm-large-coco", "itm-base-coco", "itm-large-flickr", "itm-base-flickr")
@@ -63,6 +67,11 @@ KNOWN_MODELS = (
     ("sam:vit_l", "Segment Anything ViT-L, 1.2 GB"),
     ("sam:vit_b", "Segment Anything ViT-B, 358 MB"),
     ("sam:tiny", "tiny random SAM for tests and offline demos (meaningless output)"),
+    ("sam2:hiera_large", "SAM 2.1 Hiera-L, 898 MB (extra 'sam2'; --sam sam2:...)"),
+    ("sam2:hiera_base_plus", "SAM 2.1 Hiera-B+, 324 MB (extra 'sam2')"),
+    ("sam2:hiera_small", "SAM 2.1 Hiera-S, 185 MB (extra 'sam2')"),
+    ("sam2:hiera_tiny", "SAM 2.1 Hiera-T, 156 MB (extra 'sam2')"),
+    ("sam2:tiny", "tiny random SAM 2 for tests and offline demos (meaningless output)"),
     ("dinov2:dinov2_vitl14", "DINOv2 ViT-L/14, 1.2 GB (FMbSeg's choice, default for train-align)"),
     ("dinov2:dinov2_vitb14", "DINOv2 ViT-B/14, 346 MB"),
     ("dinov2:dinov2_vits14", "DINOv2 ViT-S/14, 88 MB"),
@@ -104,13 +113,16 @@ class ModelSpec:
 
 
 def parse_model(value: str, family: str) -> ModelSpec:
-    """Parse a model string for ``family`` (``clip``, ``sam``, ``dinov2`` or ``blip``); the ``family:`` prefix is optional.
+    """Parse a model string for ``family`` (``clip``, ``sam``, ``sam2``, ``dinov2`` or ``blip``); the ``family:``
+    prefix is optional. A ``sam2:`` string is accepted for ``sam`` and gives a ``sam2`` spec.
 
     Raises :class:`OvlabelError` naming the bad part and the accepted values.
     """
     raw = value.strip()
     prefix, colon, rest = raw.partition(":")
     if colon and re.fullmatch(r"[a-z0-9_]+", prefix):
+        if family == "sam" and prefix == "sam2":  # SAM 2 serves wherever SAM does
+            family = "sam2"
         if prefix != family:
             raise OvlabelError(f"model '{value}' is a {prefix} model but a {family} model is needed here")
     else:
@@ -125,10 +137,8 @@ def parse_model(value: str, family: str) -> ModelSpec:
         return ModelSpec(family, "tiny", "tiny", "")
     if family == "clip":
         return _parse_clip(value, arch, weights)
-    if family == "sam":
-        return _parse_sam(value, arch, weights)
-    if family == "dinov2":
-        return _parse_dinov2(value, arch, weights)
+    if family in _OFFICIAL:
+        return _parse_official(value, family, arch, weights)
     if family == "blip":
         return _parse_blip(value, arch, weights)
     raise OvlabelError(f"unknown model family '{family}': use one of {', '.join(FAMILIES)}")
@@ -167,20 +177,17 @@ def _parse_clip(value: str, arch: str, weights: str) -> ModelSpec:
     return _weights_kind(value, "clip", arch, weights, tags)
 
 
-def _parse_sam(value: str, arch: str, weights: str) -> ModelSpec:
-    if arch not in SAM_ARCHS:
-        raise OvlabelError(f"unknown SAM architecture '{arch}' in '{value}': use one of {', '.join(SAM_ARCHS)} or tiny")
-    if not weights:
-        return ModelSpec("sam", arch, "pretrained", "official")
-    return _weights_kind(value, "sam", arch, weights, ["official"])
+#: Families whose weights are one official checkpoint per architecture: (architectures, name in messages).
+_OFFICIAL = {"sam": (SAM_ARCHS, "SAM"), "sam2": (SAM2_ARCHS, "SAM 2"), "dinov2": (DINOV2_ARCHS, "DINOv2")}
 
 
-def _parse_dinov2(value: str, arch: str, weights: str) -> ModelSpec:
-    if arch not in DINOV2_ARCHS:
-        raise OvlabelError(f"unknown DINOv2 architecture '{arch}' in '{value}': use one of {', '.join(DINOV2_ARCHS)} or tiny")
+def _parse_official(value: str, family: str, arch: str, weights: str) -> ModelSpec:
+    archs, label = _OFFICIAL[family]
+    if arch not in archs:
+        raise OvlabelError(f"unknown {label} architecture '{arch}' in '{value}': use one of {', '.join(archs)} or tiny")
     if not weights:
-        return ModelSpec("dinov2", arch, "pretrained", "official")
-    return _weights_kind(value, "dinov2", arch, weights, ["official"])
+        return ModelSpec(family, arch, "pretrained", "official")
+    return _weights_kind(value, family, arch, weights, ["official"])
 
 
 def _parse_blip(value: str, arch: str, weights: str) -> ModelSpec:
@@ -215,8 +222,10 @@ def resolve_models(
     return {f: parse_model(overrides.get(f) or MODEL_PRESETS[preset][f], f) for f in (families or tuple(overrides))}
 
 
-def load_model(spec: ModelSpec, device, precision: str):
-    """Build the wrapper for ``spec`` on ``device`` (downloading weights on first use)."""
+def load_model(spec: ModelSpec, device, precision: str, **options):
+    """Build the wrapper for ``spec`` on ``device`` (downloading weights on first use). ``options``: speed
+    knobs of the SAM wrappers (``sdpa``, ``compile``; see :class:`~ovlabel.models.sam.SamModel`), ignored
+    by the other families."""
     if spec.family == "clip":
         from ovlabel.models.clip import load_clip
 
@@ -229,6 +238,10 @@ def load_model(spec: ModelSpec, device, precision: str):
         from ovlabel.models.blip import load_blip
 
         return load_blip(spec, device, precision)
+    if spec.family == "sam2":
+        from ovlabel.models.sam2 import load_sam2
+
+        return load_sam2(spec, device, precision, **options)
     from ovlabel.models.sam import load_sam
 
-    return load_sam(spec, device, precision)
+    return load_sam(spec, device, precision, **options)

@@ -17,6 +17,9 @@ import numpy as np
 import torch
 
 from ovlabel.device import autocast
+from ovlabel.models.sam_decoder import PointPrediction, PromptDecoding, compiled, decode_masks, decode_tokens, use_sdpa
+
+__all__ = ["PointPrediction", "SamEmbedding", "SamModel", "build_tiny_sam", "load_sam"]
 
 
 @dataclass
@@ -33,20 +36,18 @@ class SamEmbedding:
     original_size: tuple[int, int]
 
 
-@dataclass
-class PointPrediction:
-    """Best mask per prompt: ``low_res_logits`` float32 ``(P, 1, 4h, 4w)``, ``scores`` ``(P,)`` (SAM's
-    predicted IoU of the chosen mask), ``all_scores`` ``(P, K)`` for the K candidate masks."""
+class SamModel(PromptDecoding):
+    """A frozen segment-anything ``Sam`` on one device. ``stats`` counts encoder and decoder passes.
 
-    low_res_logits: torch.Tensor
-    scores: torch.Tensor
-    all_scores: torch.Tensor
+    Speed knobs (none changes what is computed beyond float rounding): ``sdpa`` runs the decoder's attention
+    through ``F.scaled_dot_product_attention`` (:func:`~ovlabel.models.sam_decoder.use_sdpa`); ``compile``
+    wraps the image encoder and the two decoder halves in ``torch.compile``; ``mask_chunk``: prompts whose
+    masks are upscaled at once (bounds memory: ~12 MB per prompt at fp32 for the 1024 px models).
+    """
 
-
-class SamModel:
-    """A frozen segment-anything ``Sam`` on one device. ``stats`` counts encoder and decoder passes."""
-
-    def __init__(self, sam, identity: dict, device, precision: str):
+    def __init__(
+        self, sam, identity: dict, device, precision: str, sdpa: bool = True, compile: bool = False, mask_chunk: int = 64
+    ):
         from segment_anything.utils.transforms import ResizeLongestSide
 
         self.sam = sam.eval().requires_grad_(False).to(device)
@@ -55,6 +56,14 @@ class SamModel:
         self.precision = precision
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
         self.stats: Counter = Counter()
+        self.mask_chunk = mask_chunk
+        self.decoder = self.sam.mask_decoder
+        if sdpa:
+            use_sdpa(self.sam.mask_decoder)
+        self._encode = self.sam.image_encoder
+        self._decode_tokens, self._decode_masks = decode_tokens, decode_masks
+        if compile:
+            self._encode, self._decode_tokens, self._decode_masks = compiled(self._encode, decode_tokens, decode_masks)
 
     @torch.inference_mode()
     def embed(self, images: list[np.ndarray]) -> list[SamEmbedding]:
@@ -66,7 +75,7 @@ class SamModel:
             sizes.append(tuple(resized.shape[-2:]))
             batch.append(self.sam.preprocess(resized))
         with autocast(self.device, self.precision):
-            feats = self.sam.image_encoder(torch.cat(batch)).float()
+            feats = self._encode(torch.cat(batch)).float()
         self.stats["sam_image_encoder_passes"] += len(images)
         self.stats["sam_encoder_batches"] += 1
         return [
@@ -77,30 +86,11 @@ class SamModel:
     def mask_threshold(self) -> float:
         return float(self.sam.mask_threshold)
 
-    @torch.inference_mode()
-    def decode(
-        self, emb: SamEmbedding, coords: torch.Tensor, labels: torch.Tensor, multimask: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One mask-decoder call for P prompts of N points each.
-
-        ``coords``: float ``(P, N, 2)`` as (x, y) in original-image pixels; ``labels``: ``(P, N)`` with
-        1 = foreground, 0 = background. Returns low-resolution mask logits float32 ``(P, K, 4h, 4w)``
-        (the padded encoder frame, see :meth:`low_res_geometry`) and predicted IoUs ``(P, K)``; K = 3
-        with ``multimask``, else 1.
-        """
+    def _prompts(self, emb: SamEmbedding, coords: torch.Tensor, labels: torch.Tensor):
         coords = self.transform.apply_coords_torch(coords.to(self.device, torch.float32), emb.original_size)
-        labels = labels.to(self.device, torch.int64)
         pe = self.sam.prompt_encoder
-        with autocast(self.device, self.precision):
-            sparse, dense = pe(points=(coords, labels), boxes=None, masks=None)
-            low_res, iou = decode_shared_image(self.sam.mask_decoder, emb.features, pe.get_dense_pe(), sparse, dense[:1])
-        if not multimask:  # as MaskDecoder.forward: token 0 is the single-mask output, 1-3 the multimask ones
-            low_res, iou = low_res[:, :1], iou[:, :1]
-        else:
-            low_res, iou = low_res[:, 1:], iou[:, 1:]
-        self.stats["sam_decoder_calls"] += 1
-        self.stats["sam_prompts"] += len(coords)
-        return low_res.float(), iou.float()
+        sparse, dense = pe(points=(coords, labels.to(self.device, torch.int64)), boxes=None, masks=None)
+        return sparse, dense[:1], pe.get_dense_pe()
 
     def low_res_geometry(self, emb: SamEmbedding) -> tuple[int, int, float, float]:
         """Where the image lies in the low-resolution logits: ``(valid_h, valid_w, sy, sx)``; rows
@@ -113,52 +103,10 @@ class SamModel:
         return math.ceil(ih / step), math.ceil(iw / step), step * h / ih, step * w / iw
 
     @torch.inference_mode()
-    def predict_points(
-        self, emb: SamEmbedding, coords: torch.Tensor, labels: torch.Tensor, multimask: bool = True
-    ) -> PointPrediction:
-        """Decode P prompts (see :meth:`decode`) in one call and keep each prompt's best mask: with
-        ``multimask`` SAM proposes 3 masks per prompt and the one with the highest predicted IoU is kept
-        ("select the mask with the highest confidence", seed 003 §3.2)."""
-        low_res, iou = self.decode(emb, coords, labels, multimask)
-        best = iou.argmax(dim=1)
-        rows = torch.arange(len(best), device=best.device)
-        return PointPrediction(low_res[rows, best][:, None], iou[rows, best], iou)
-
-    @torch.inference_mode()
     def upscale(self, emb: SamEmbedding, low_res_logits: torch.Tensor) -> torch.Tensor:
         """Binary masks at the original resolution: bool ``(P, H, W)`` from logits ``(P, 1, h, w)``."""
         masks = self.sam.postprocess_masks(low_res_logits, emb.input_size, emb.original_size)
         return masks[:, 0] > self.sam.mask_threshold
-
-
-def decode_shared_image(decoder, image_embeddings, image_pe, sparse, dense) -> tuple[torch.Tensor, torch.Tensor]:
-    """segment-anything's ``MaskDecoder.predict_masks`` for B prompts on ONE image, without copying the
-    image B times. Returns all mask tokens' low-res logits ``(B, 1 + M, 4h, 4w)`` and IoUs ``(B, 1 + M)``.
-
-    ``image_embeddings``, ``image_pe`` and ``dense`` are ``(1, C, h, w)``: ``dense`` is the prompt
-    encoder's no-mask embedding, the same for every point prompt. segment-anything repeats the image
-    embedding, its positional encoding and the dense embedding per prompt (three ``(B, C, h, w)`` copies),
-    then projects every copy. Its ``TwoWayTransformer`` and ``Attention`` modules broadcast over a batch
-    of one image and B prompts as they are, so here they get the single image: the first layer's image-side
-    projections run once instead of B times, and the copies are never made. The result is the same
-    computation (checked against ``MaskDecoder.forward`` in the tests); only the memory traffic is gone,
-    which on a CPU is most of the decoder's time.
-    """
-    tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    tokens = torch.cat((tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)
-    src = image_embeddings + dense
-    _, c, h, w = src.shape
-    hs, src = decoder.transformer(src, image_pe, tokens)  # src: (B, h*w, C) after the first layer
-    iou_token_out = hs[:, 0, :]
-    mask_tokens_out = hs[:, 1 : (1 + decoder.num_mask_tokens), :]
-    src = src.transpose(1, 2).reshape(-1, c, h, w)
-    upscaled = decoder.output_upscaling(src)
-    hyper_in = torch.stack(
-        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
-    )
-    b, c2, h2, w2 = upscaled.shape
-    masks = (hyper_in @ upscaled.view(b, c2, h2 * w2)).view(b, -1, h2, w2)
-    return masks, decoder.iou_prediction_head(iou_token_out)
 
 
 def build_tiny_sam():
@@ -193,15 +141,16 @@ def build_tiny_sam():
     return sam
 
 
-def load_sam(spec, device, precision: str) -> SamModel:
-    """Build a :class:`SamModel` for a parsed ``sam:`` spec. Checkpoints load with ``weights_only=True``."""
+def load_sam(spec, device, precision: str, **options) -> SamModel:
+    """Build a :class:`SamModel` for a parsed ``sam:`` spec. Checkpoints load with ``weights_only=True``.
+    ``options``: :class:`SamModel`'s speed knobs (``sdpa``, ``compile``, ``mask_chunk``)."""
     from segment_anything import sam_model_registry
 
     from ovlabel.errors import OvlabelError
     from ovlabel.models.weights import identity, weights_file
 
     if spec.kind == "tiny":
-        return SamModel(build_tiny_sam(), identity(spec, None), device, precision)
+        return SamModel(build_tiny_sam(), identity(spec, None), device, precision, **options)
     path = weights_file(spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -215,4 +164,4 @@ def load_sam(spec, device, precision: str) -> SamModel:
                 f"cannot load SAM checkpoint '{path}' into {spec.name}: {type(exc).__name__}: {exc}. "
                 f"Is it a segment-anything {spec.arch} state dict?"
             ) from None
-    return SamModel(sam, identity(spec, path), device, precision)
+    return SamModel(sam, identity(spec, path), device, precision, **options)

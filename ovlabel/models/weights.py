@@ -20,6 +20,12 @@ SAM_CHECKPOINT_URLS = {
     "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
 }
 
+#: Official SAM 2.1 checkpoints (facebookresearch/sam2, ``checkpoints/download_ckpts.sh``).
+SAM2_CHECKPOINT_URLS = {
+    arch: f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_{arch}.pt"
+    for arch in ("hiera_large", "hiera_base_plus", "hiera_small", "hiera_tiny")
+}
+
 
 #: Where facebookresearch/dinov2's hub entry points download their backbone checkpoints from.
 DINOV2_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
@@ -46,8 +52,9 @@ def url_cache_path(url: str) -> Path:
     return torch_checkpoint_dir() / os.path.basename(url.split("?")[0])
 
 
-def fetch_url(url: str, spec: str, family: str, arch: str) -> Path:
-    """Return the local copy of ``url``, downloading it (with a progress bar) on first use."""
+def fetch_url(url: str, spec: str, family: str, arch: str, option: str | None = None) -> Path:
+    """Return the local copy of ``url``, downloading it (with a progress bar) on first use. ``option``: the
+    command-line option that takes this family's model (default: ``--FAMILY``)."""
     import torch
 
     dest = url_cache_path(url)
@@ -61,7 +68,7 @@ def fetch_url(url: str, spec: str, family: str, arch: str) -> Path:
             f"cannot download weights for {spec}: {url} ({type(exc).__name__}: {exc}).\n"
             f"Needed file: {dest}\n"
             f"Offline? Download {url} on a connected machine and copy it to {dest}, "
-            f"or pass a local file with --{family} {family}:{arch}/PATH/TO/{dest.name}"
+            f"or pass a local file with --{option or family} {family}:{arch}/PATH/TO/{dest.name}"
         ) from None
     return dest
 
@@ -136,10 +143,13 @@ def weights_file(spec, download: bool = True) -> Path | None:
         return w.fetch_open_clip(spec.arch, spec.weights, spec.name) if download else w.open_clip_cached_file(spec.arch, spec.weights)
     if spec.kind == "url":
         url = spec.weights
+    elif spec.family == "dinov2":
+        url = w.dinov2_checkpoint_url(spec.arch)
     else:
-        url = w.dinov2_checkpoint_url(spec.arch) if spec.family == "dinov2" else w.SAM_CHECKPOINT_URLS[spec.arch]
+        url = (w.SAM2_CHECKPOINT_URLS if spec.family == "sam2" else w.SAM_CHECKPOINT_URLS)[spec.arch]
     if download:
-        return w.fetch_url(url, spec.name, spec.family, spec.arch)
+        option = "sam" if spec.family == "sam2" else spec.family
+        return w.fetch_url(url, spec.name, spec.family, spec.arch, option)
     path = w.url_cache_path(url)
     return path if path.is_file() else None
 

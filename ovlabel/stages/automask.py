@@ -11,12 +11,18 @@ optionally holes and islands cleaned. Two things differ, both for speed on the m
 (DESIGN: the decoder dominates automatic generation): the IoU and stability filters, the boxes and the
 NMS work on the decoder's low-resolution logits (256² for the 1024 px encoder frame), and only the
 survivors are upsampled to the image, where the area bounds are applied exactly. Stability computed at
-low resolution is the same ratio of areas measured on a 4× coarser grid.
+low resolution is the same ratio of areas measured on a 4× coarser grid. The decoder itself computes mask
+pixels only for the outputs whose predicted IoU passes (``decode_filtered``, see
+:mod:`ovlabel.models.sam_decoder`), with the same numbers as the unfiltered decoder.
+
+``skip_covered`` (off by default) prompts the grid in two passes, skipping points inside confident masks
+of the first (TinySAM's hierarchical strategy; :func:`sparse_subgrid`, :func:`covered_points`,
+docs/stage1.2.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -69,35 +75,25 @@ def _boxes(masks: torch.Tensor, sy: float, sx: float) -> torch.Tensor:
 def generate(sam, emb, cfg: AutoMaskConfig) -> AutoMasks:
     """Automatic masks of the image ``emb`` was computed from (see the module docstring).
 
-    ``sam``: a :class:`~ovlabel.models.sam.SamModel` (or an object with ``decode``,
-    ``low_res_geometry``, ``upscale`` and ``mask_threshold``); ``emb``: its embedding of the image.
+    ``sam``: a :class:`~ovlabel.models.sam.SamModel` (or an object with ``decode_filtered``,
+    ``low_res_geometry``, ``upscale``, ``mask_threshold`` and ``stats``); ``emb``: its embedding of the
+    image. With ``cfg.skip_covered`` the grid is prompted in two passes (:func:`covered_points`).
     """
     from torchvision.ops import nms
 
     h, w = emb.original_size
-    vh, vw, sy, sx = sam.low_res_geometry(emb)
-    thr = sam.mask_threshold
     points = point_grid(cfg.points_per_side, h, w)
-    logits, ious, stabs, boxes = [], [], [], []
-    for start in range(0, len(points), cfg.points_per_batch):
-        pts = points[start : start + cfg.points_per_batch, None, :]
-        low, iou = sam.decode(emb, pts, torch.ones(pts.shape[:2], dtype=torch.int64), multimask=True)
-        low, iou = low.flatten(0, 1), iou.flatten()
-        keep = iou >= cfg.pred_iou_thresh
-        low, iou = low[keep], iou[keep]
-        stab = stability_score(low[:, :vh, :vw], thr, cfg.stability_score_offset)  # on the image only
-        keep = stab >= cfg.stability_score_thresh
-        low, iou, stab = low[keep], iou[keep], stab[keep]
-        binary = low[:, :vh, :vw] > thr
-        keep = binary.flatten(1).any(dim=1)
-        if keep.any():
-            logits.append(low[keep])
-            ious.append(iou[keep])
-            stabs.append(stab[keep])
-            boxes.append(_boxes(binary[keep], sy, sx))
-    if not logits:
+    if cfg.skip_covered:
+        first, rest = sparse_subgrid(cfg.points_per_side, cfg.skip_stride)
+        found = _candidates(sam, emb, points[first], cfg)
+        covered = covered_points(found.cover, points[rest], sam.low_res_geometry(emb))
+        sam.stats["sam_prompts_skipped"] += int(covered.sum())
+        found.extend(_candidates(sam, emb, points[rest][~covered], cfg))
+    else:
+        found = _candidates(sam, emb, points, cfg)
+    if not found.logits:
         return _empty(h, w)
-    logits, ious, stabs, boxes = (torch.cat(x) for x in (logits, ious, stabs, boxes))
+    logits, ious, stabs, boxes = (torch.cat(x) for x in (found.logits, found.ious, found.stabs, found.boxes))
     order = nms(boxes, ious, cfg.box_nms_thresh)  # sorted by predicted IoU, best first
     masks = _upscale(sam, emb, logits[order])
     ious, stabs = ious[order].cpu(), stabs[order].cpu()
@@ -108,6 +104,75 @@ def generate(sam, emb, cfg: AutoMaskConfig) -> AutoMasks:
         masks, keep = clean_regions(masks, cfg.min_region_area, cfg.box_nms_thresh)
         masks, ious, stabs = masks[keep], ious[keep], stabs[keep]
     return AutoMasks(masks, ious.float(), stabs.float())
+
+
+@dataclass
+class _Found:
+    """Candidate masks that passed the IoU, stability and non-empty filters, per decoder batch: low-res
+    logits ``(n, 4h, 4w)``, IoUs, stability scores, xyxy boxes; ``cover``: bool ``(vh, vw)`` union of their
+    pixels with logits above ``skip_logit_thresh`` (only with ``skip_covered``)."""
+
+    logits: list = field(default_factory=list)
+    ious: list = field(default_factory=list)
+    stabs: list = field(default_factory=list)
+    boxes: list = field(default_factory=list)
+    cover: torch.Tensor | None = None
+
+    def extend(self, other: _Found) -> None:
+        for name in ("logits", "ious", "stabs", "boxes"):
+            getattr(self, name).extend(getattr(other, name))
+
+
+def _candidates(sam, emb, points: torch.Tensor, cfg: AutoMaskConfig) -> _Found:
+    """Prompt SAM with ``points`` ``(n, 2)`` (x, y) pixels, ``points_per_batch`` at a time, and filter."""
+    vh, vw, sy, sx = sam.low_res_geometry(emb)
+    thr = sam.mask_threshold
+    found = _Found()
+    for start in range(0, len(points), cfg.points_per_batch):
+        pts = points[start : start + cfg.points_per_batch, None, :]
+        keep, low, iou = sam.decode_filtered(
+            emb, pts, torch.ones(pts.shape[:2], dtype=torch.int64), cfg.pred_iou_thresh, multimask=True
+        )
+        iou = iou[keep]  # mask pixels exist only for these (SamModel.decode_filtered)
+        stab = stability_score(low[:, :vh, :vw], thr, cfg.stability_score_offset)  # on the image only
+        keep = stab >= cfg.stability_score_thresh
+        low, iou, stab = low[keep], iou[keep], stab[keep]
+        binary = low[:, :vh, :vw] > thr
+        keep = binary.flatten(1).any(dim=1)
+        if keep.any():
+            found.logits.append(low[keep])
+            found.ious.append(iou[keep])
+            found.stabs.append(stab[keep])
+            found.boxes.append(_boxes(binary[keep], sy, sx))
+            if cfg.skip_covered:
+                sure = (low[keep][:, :vh, :vw] > cfg.skip_logit_thresh).any(dim=0)
+                found.cover = sure if found.cover is None else found.cover | sure
+    return found
+
+
+def sparse_subgrid(points_per_side: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split the ``n x n`` grid (row-major indices, as :func:`point_grid`) into the sparse first pass,
+    every ``stride``-th point per side starting at ``stride // 2`` (the points nearest the centres of an
+    ``n/stride`` grid), and the rest. Returns two int64 index tensors, each ascending."""
+    n = points_per_side
+    idx = torch.arange(n * n).view(n, n)
+    off = min(stride // 2, n - 1)
+    first = idx[off::stride, off::stride].flatten()
+    rest = torch.ones(n * n, dtype=torch.bool)
+    rest[first] = False
+    return first, torch.nonzero(rest).flatten()
+
+
+def covered_points(cover: torch.Tensor | None, points: torch.Tensor, geometry: tuple) -> torch.Tensor:
+    """bool ``(n,)``: which ``points`` ``(n, 2)`` (x, y original pixels) fall on a ``True`` pixel of the
+    low-resolution ``cover`` ``(vh, vw)`` (None: nothing covered); ``geometry`` is
+    ``SamModel.low_res_geometry``'s ``(vh, vw, sy, sx)``."""
+    if cover is None or not len(points):
+        return torch.zeros(len(points), dtype=torch.bool)
+    vh, vw, sy, sx = geometry
+    cols = (points[:, 0] / sx).long().clamp(0, vw - 1)
+    rows = (points[:, 1] / sy).long().clamp(0, vh - 1)
+    return cover.cpu()[rows, cols]
 
 
 def _empty(h: int, w: int) -> AutoMasks:
