@@ -54,7 +54,8 @@ def make_run(root: Path, n: int, size: int, k: int) -> Path:
     from PIL import Image
     from skimage import data
 
-    from ovlabel.artifacts import RunLayout, write_label_png, write_manifest, write_masks_and_coco
+    from ovlabel.artifacts import RunLayout, write_label_png, write_manifest
+    from ovlabel.dataset import write_masks_and_coco
     from ovlabel.io.atomic import write_json
     from ovlabel.io.images import read_file
     from ovlabel.masks import MaskSet

@@ -28,7 +28,6 @@ Class indices are 0-based positions in the vocabulary (the label-map value). COC
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +91,10 @@ MASKS_SCHEMA = pa.schema(
     [("image_id", pa.int64()), ("mask_id", pa.int64()), ("category", pa.string())] + _MASK_FIELDS
     + _MASK_QUALITY_FIELDS
 )
+
+#: One image's rows of masks.parquet before they get their ids (:mod:`ovlabel.dataset`): MASKS_SCHEMA
+#: without ``image_id`` and ``mask_id``.
+FRAGMENT_SCHEMA = pa.schema([f for f in MASKS_SCHEMA if f.name not in ("image_id", "mask_id")])
 
 
 class RunLayout:
@@ -220,94 +223,6 @@ def without_quality(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in MANIFEST_QUALITY_COLUMNS} for r in rows]
 
 
-@dataclass
-class WrittenMasks:
-    """What :func:`write_masks_and_coco` wrote: ``count`` masks, and per image id the manifest's quality
-    columns (:data:`MANIFEST_QUALITY_COLUMNS`, from :meth:`ovlabel.quality.ImageQuality.manifest_columns`)
-    for the caller to put in the manifest rows."""
-
-    count: int
-    quality: dict[int, dict]
-
-
-def write_masks_and_coco(
-    layout: RunLayout, images: list[dict], per_image, class_names: list[str], info: dict
-) -> WrittenMasks:
-    """Write ``masks.parquet`` and ``coco.json`` in one streaming pass, computing each mask's and image's
-    quality estimate (:func:`ovlabel.quality.image_quality`) on the way.
-
-    ``images``: manifest rows of the labelled images (image_id, file, width, height), in id order;
-    ``per_image``: iterable of ``(image_id, MaskSet)`` in the same order. Memory stays flat: one image's
-    masks at a time. ``mask_id`` (Parquet) equals the COCO annotation ``id``; COCO ``category_id`` is
-    ``class_index + 1``; boxes become COCO ``xywh`` here and only here.
-    """
-    from ovlabel.quality import image_quality
-
-    sizes = {r["image_id"]: (r["height"], r["width"]) for r in images}
-    quality: dict[int, dict] = {}
-    mask_id = 0
-    with atomic_path(layout.masks) as pq_tmp, atomic_path(layout.coco) as coco_tmp:
-        with pq.ParquetWriter(pq_tmp, MASKS_SCHEMA, compression="zstd") as writer, open(
-            coco_tmp, "w", encoding="utf-8"
-        ) as fh:
-
-            def annotations():
-                nonlocal mask_id
-                for image_id, ms in per_image:
-                    q = image_quality(ms, *sizes[image_id])
-                    quality[image_id] = q.manifest_columns()
-                    n = len(ms)
-                    if not n:
-                        continue
-                    ids = list(range(mask_id + 1, mask_id + n + 1))
-                    cols = {"image_id": [image_id] * n, "mask_id": ids, "category": [class_names[c] for c in ms.class_index]}
-                    cols.update(_mask_columns(ms))
-                    cols.update(margin=_nullable(q.mask_margin), agreement=_nullable(q.mask_agreement),
-                                quality=_nullable(q.mask_quality))  # margin: as the estimate used it
-                    writer.write_table(pa.Table.from_pydict(cols, schema=MASKS_SCHEMA))
-                    for i in range(n):
-                        yield coco_annotation(ids[i], image_id, ms, i)
-                    mask_id += n
-
-            coco_images = ({"id": r["image_id"], "file_name": r["file"], "width": r["width"], "height": r["height"]}
-                           for r in images)
-            write_coco(fh, info, coco_images, annotations(), class_names)
-    return WrittenMasks(mask_id, quality)
-
-
-def coco_annotation(ann_id: int, image_id: int, ms: MaskSet, i: int) -> dict:
-    """COCO annotation dict of mask ``i`` of ``ms``: RLE ``segmentation``, ``bbox`` as ``xywh`` (converted
-    from the MaskSet's xyxy pixel edges, here and only here), ``category_id = class_index + 1``, ``iscrowd``
-    0, plus ``score`` (rounded to 6 decimals) and ``source``."""
-    x1, y1, x2, y2 = (float(v) for v in ms.boxes[i])
-    return {
-        "id": ann_id,
-        "image_id": image_id,
-        "category_id": int(ms.class_index[i]) + 1,
-        "segmentation": {"size": list(map(int, ms.rles[i]["size"])), "counts": ms.rles[i]["counts"]},
-        "area": int(ms.areas[i]),
-        "bbox": [x1, y1, x2 - x1, y2 - y1],
-        "iscrowd": 0,
-        "score": round(float(ms.scores[i]), 6),
-        "source": ms.source[i],
-    }
-
-
-def write_coco(fh, info: dict, images, annotations, class_names: list[str]) -> None:
-    """Stream a COCO instances file into the text file ``fh``: ``images`` (iterable of image dicts) and
-    ``annotations`` (iterable of annotation dicts, e.g. :func:`coco_annotation`) are consumed one at a
-    time; ``categories`` are ``class_names`` with ``id = index + 1``. Same inputs, same bytes."""
-    fh.write("{\n" + f'"info": {_j(info)},\n"licenses": [],\n"images": [\n')
-    fh.write(",\n".join(_j(im) for im in images))
-    fh.write('\n],\n"annotations": [\n')
-    first = True
-    for ann in annotations:
-        fh.write(("" if first else ",\n") + _j(ann))
-        first = False
-    cats = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(class_names)]
-    fh.write('\n],\n"categories": ' + _j(cats) + "\n}\n")
-
-
 def write_class_files(root: str | Path, class_names: list[str]) -> list[Path]:
     """Write the class files that make label PNGs self-describing into the folder ``root`` (a run
     directory, beside ``labels/``, or an export): ``classes.txt`` (one name per line; line i, 0-based, is
@@ -394,29 +309,3 @@ def read_soft_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if probs.ndim != 3 or probs.shape[0] != len(classes):
         raise ValueError(f"soft map '{path}': probs {probs.shape} does not match {len(classes)} classes")
     return probs, classes
-
-
-def quality_summary(layout: RunLayout) -> dict | None:
-    """The label-quality summary for ``run.json`` (key ``quality``): the estimate's weights, the per-image
-    distribution from the manifest and per class from masks.parquet (:func:`ovlabel.quality.class_summary`).
-    None when the run's files predate the quality columns. Reads columns only (no mask data)."""
-    from ovlabel.quality import WEIGHTS, class_summary
-
-    masks = pq.ParquetFile(layout.masks)
-    if "quality" not in masks.schema_arrow.names:
-        return None
-    t = masks.read(columns=["image_id", "category", "area", "quality"])
-    q = [r["quality"] for r in read_manifest(layout.manifest) if r.get("status") == "ok"]
-    known = np.array([v for v in q if v is not None], np.float64)
-    images = {"labelled": len(q), "estimated": int(len(known))}
-    if len(known):
-        p10, p50, p90 = np.percentile(known, [10, 50, 90])
-        images.update(mean=round(float(known.mean()), 6), p10=round(float(p10), 6), median=round(float(p50), 6),
-                      p90=round(float(p90), 6))
-    return {
-        "definition": "ovlabel.quality (docs/quality.md): weighted mean of the available signals, 1 = looks best",
-        "weights": dict(WEIGHTS),
-        "images": images,
-        "classes": class_summary(t.column("category").to_pylist(), t.column("area").to_pylist(),
-                                 t.column("quality").to_pylist(), t.column("image_id").to_pylist()),
-    }

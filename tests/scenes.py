@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ovlabel.artifacts import RunLayout, label_names, write_label_png, write_manifest, write_masks_and_coco
+from ovlabel.artifacts import RunLayout, label_names, write_label_png, write_manifest
+from ovlabel.dataset import write_masks_and_coco
 from ovlabel.masks import SOURCE_STAGE_1_1, MaskSet
 from ovlabel.vocab import load_templates, load_vocabulary
 

@@ -17,7 +17,7 @@ LAYERS = {
     "engine": ["ovlabel.engine"],
     "methods": ["ovlabel.stages", "ovlabel.crf", "ovlabel.loss", "ovlabel.features", "ovlabel.text"],
     "models": ["ovlabel.models"],
-    "data": ["ovlabel.artifacts", "ovlabel.masks", "ovlabel.vocab", "ovlabel.overlays",
+    "data": ["ovlabel.artifacts", "ovlabel.dataset", "ovlabel.masks", "ovlabel.vocab", "ovlabel.overlays",
              "ovlabel.evaluate", "ovlabel.diff", "ovlabel.merge", "ovlabel.quality", "ovlabel.captions",
              "ovlabel.entities"],
     "config": ["ovlabel.config", "ovlabel.salience_config", "ovlabel.protocols"],

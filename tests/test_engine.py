@@ -115,3 +115,38 @@ def test_every_generated_option_reaches_the_config(tmp_path):
                 tree = tree.setdefault(p, {})
             tree[o.path[-1]] = default
             assert build(cls, value) == cls(), o.path  # the default round-trips through its path
+
+
+def test_the_cache_is_derived_data_and_a_changed_file_is_always_rehashed(image_folder, tmp_path):
+    """Unchanged images' dataset rows come from cache/; deleting or damaging it changes no byte; a file
+    whose content changed behind a restored modification time is still seen (its ctime moved)."""
+    import os
+    import shutil
+
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["pseudo-label", str(image_folder), "--out", str(out), *TINY, *FAST])
+    assert res.exit_code == 0, res.output
+    before = artifact_bytes(out)
+    shutil.rmtree(out / "cache")
+    res = runner.invoke(app, ["pseudo-label", str(image_folder), "--out", str(out), *TINY, *FAST])
+    assert res.exit_code == 0 and "5 labelled (0 new, 5 already done)" in res.output
+    assert artifact_bytes(out) == before and (out / "cache" / "masks.parquet").is_file()
+    (out / "cache" / "images.parquet").write_bytes(b"not parquet")
+    (out / "cache" / "masks.parquet").write_bytes(b"PAR1 truncated")
+    res = runner.invoke(app, ["pseudo-label", str(image_folder), "--out", str(out), *TINY, *FAST])
+    assert res.exit_code == 0 and "5 labelled (0 new, 5 already done)" in res.output
+    assert "damaged cache" in res.output and artifact_bytes(out) == before
+
+    # same size, modification time set back: the content hash is taken again (ctime moved) and the image
+    # relabelled; a file only touched (same bytes) is re-hashed but not relabelled
+    bmp = image_folder / "wide.bmp"  # uncompressed: change pixels, keep the size
+    st = bmp.stat()
+    data = bytearray(bmp.read_bytes())
+    data[-3000:] = bytes(255 - x for x in data[-3000:])
+    bmp.write_bytes(bytes(data))
+    os.utime(bmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (bmp.stat().st_size, bmp.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    os.utime(image_folder / "tiny.png")
+    res = runner.invoke(app, ["pseudo-label", str(image_folder), "--out", str(out), *TINY, *FAST])
+    assert res.exit_code == 0 and "5 labelled (1 new, 4 already done)" in res.output, res.output
+    assert "1 changed" in res.output

@@ -25,9 +25,9 @@ from ovlabel.artifacts import (
     write_class_files,
     write_label_png,
     write_manifest,
-    write_masks_and_coco,
 )
 from ovlabel.config.export import ExportConfig, parse_formats, parse_rename
+from ovlabel.dataset import write_masks_and_coco
 from ovlabel.errors import OvlabelError
 from ovlabel.export import export_run
 from ovlabel.export.core import output_stems, split_of

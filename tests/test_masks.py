@@ -7,15 +7,8 @@ import json
 import numpy as np
 from pycocotools.coco import COCO
 
-from ovlabel.artifacts import (
-    RunLayout,
-    label_names,
-    part_info,
-    read_masks,
-    read_part,
-    write_masks_and_coco,
-    write_part,
-)
+from ovlabel.artifacts import RunLayout, label_names, part_info, read_masks, read_part, write_part
+from ovlabel.dataset import write_masks_and_coco
 from ovlabel.masks import MaskSet
 
 

@@ -17,10 +17,10 @@ from ovlabel.artifacts import (
     MANIFEST_SCHEMA,
     MASKS_SCHEMA,
     RunLayout,
-    quality_summary,
     read_manifest,
     read_part,
 )
+from ovlabel.dataset import quality_summary
 from ovlabel.masks import SOURCE_STAGE_1_1, SOURCE_STAGE_1_2, MaskSet
 from ovlabel.quality import WEIGHTS, class_summary, combine, image_quality, label_agreement, least_certain, mask_margins
 from ovlabel.stages.classify import vocabulary_margin

@@ -13,18 +13,11 @@ from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
 from conftest import save
-from ovlabel.artifacts import (
-    RunLayout,
-    label_names,
-    read_label_png,
-    write_label_png,
-    write_manifest,
-    write_masks_and_coco,
-    write_soft_map,
-)
+from ovlabel.artifacts import RunLayout, label_names, read_label_png, write_label_png, write_manifest, write_soft_map
 from ovlabel.cli import app
 from ovlabel.config import CRFConfig, RefineConfig
 from ovlabel.crf import refine_label_map, unaries_from_labels
+from ovlabel.dataset import write_masks_and_coco
 from ovlabel.errors import OvlabelError
 from ovlabel.io.atomic import write_json
 from ovlabel.labelling.refine import RefineStage, refine

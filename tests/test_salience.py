@@ -14,8 +14,9 @@ from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
 from conftest import save
-from ovlabel.artifacts import RunLayout, read_label_png, read_soft_map, write_manifest, write_masks_and_coco
+from ovlabel.artifacts import RunLayout, read_label_png, read_soft_map, write_manifest
 from ovlabel.cli import app
+from ovlabel.dataset import write_masks_and_coco
 from ovlabel.errors import OvlabelError, WeightsUnavailable
 from ovlabel.io.atomic import write_json
 from ovlabel.masks import MaskSet

@@ -45,7 +45,8 @@ def _overlap_run(tmp_path, paint):
 
     from PIL import Image
 
-    from ovlabel.artifacts import RunLayout, write_manifest, write_masks_and_coco
+    from ovlabel.artifacts import RunLayout, write_manifest
+    from ovlabel.dataset import write_masks_and_coco
 
     img = tmp_path / "imgs" / "a.png"
     img.parent.mkdir(parents=True, exist_ok=True)

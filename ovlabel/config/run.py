@@ -22,6 +22,8 @@ class RunConfig:
     - ``workers``: parallel workers (local worker processes or Ray actors); None = the command's default.
     - ``ray_address``: a Ray cluster to join (``auto``, ``ray://host:10001``); None = ``$RAY_ADDRESS``, else a
       local Ray instance.
+    - ``rehash``: read and hash every input again (by default a file whose size, modification and change
+      times and inode are those it was hashed with keeps its hash: :mod:`ovlabel.engine.cache`).
     """
 
     overwrite: bool = knob(False, help="Redo images already done in the output (also allows new settings).",
@@ -35,6 +37,8 @@ class RunConfig:
                                shown="one per device, or per GPU of the Ray cluster")
     ray_address: str | None = knob(None, help="Ray cluster to join (auto, ray://host:10001).",
                                    shown="$RAY_ADDRESS, else a local Ray instance")
+    rehash: bool = knob(False, help="Read and hash every input image again, instead of trusting the content hash "
+                        "of a file whose size, times and inode are unchanged since the last run.", flag="--rehash")
 
     def __post_init__(self):
         _check(self, [
@@ -45,7 +49,7 @@ class RunConfig:
     def execution(self) -> dict:
         """The engine's execution settings (:class:`ovlabel.engine.Stage` fields)."""
         return {"executor": self.executor, "workers": self.workers, "ray_address": self.ray_address,
-                "devices": ()}
+                "devices": (), "rehash": self.rehash}
 
 
 @dataclass

@@ -7,7 +7,8 @@ from __future__ import annotations
 import sys
 
 from ovlabel import __version__
-from ovlabel.artifacts import RunLayout, quality_summary
+from ovlabel.artifacts import RunLayout
+from ovlabel.dataset import quality_summary
 from ovlabel.errors import OvlabelError
 from ovlabel.io.atomic import write_json
 from ovlabel.provenance import TINY_NOTE, jsonable, now, settings_key, versions

@@ -16,11 +16,12 @@ from typing import Callable
 
 from ovlabel.artifacts import RunLayout, write_soft_map
 from ovlabel.engine import provenance
+from ovlabel.engine.cache import RunCache, file_stat
 from ovlabel.engine.executors import InlineExecutor, ProcessExecutor
 from ovlabel.engine.inputs import check_output_dir
 from ovlabel.engine.rebuild import rebuild, write_label
 from ovlabel.engine.stage import Output, Stage, Work, Worker
-from ovlabel.engine.store import PartStore
+from ovlabel.engine.store import PartStore, paint_id
 from ovlabel.engine.summary import RunSummary
 from ovlabel.errors import ImageDecodeError, OvlabelError
 from ovlabel.io.images import decode_image, read_file
@@ -58,11 +59,12 @@ def execute(stage: Stage, out: str | Path, worker: Callable[[], Worker] | None =
         summary = RunSummary(out=out, total=len(stage.inputs.items), reasons=reasons, verb=stage.verb,
                              soft=stage.soft_inputs or 0)
         store = PartStore(layout, keys)
+        cache = RunCache(layout)
         executor = make_executor(stage, worker)
-        rows, ids = _label_all(stage, layout, store, executor, summary)
+        rows, ids, stats = _label_all(stage, layout, store, cache, executor, summary)
         report = executor.close()
         summary.stats, summary.timings = report.stats, report.timings
-        rebuild(layout, stage, store, rows, ids, summary, doc, trusted)
+        rebuild(layout, stage, store, rows, ids, stats, summary, doc, trusted, cache)
         models = stage.refresh_models(report.identities or None, doc)
         note = stage.note
         if note is None and any(m and m.get("random_init") for m in (models or {}).values()):
@@ -81,13 +83,17 @@ def _resolved(device: str) -> str | None:
     return None if device == "auto" else device
 
 
-def _label_all(stage: Stage, layout: RunLayout, store: PartStore, executor, summary: RunSummary):
+def _label_all(stage: Stage, layout: RunLayout, store: PartStore, cache: RunCache, executor, summary: RunSummary):
     """Scan every item, send those with missing parts to ``executor``, write what comes back. Returns the
-    manifest rows (in item order) and, per labelled file, its part ids."""
+    manifest rows (in item order) and, per labelled file, its part ids and the stat it was hashed with.
+
+    A file whose stat is the one the cache hashed it with is not read again when its parts exist
+    (:mod:`ovlabel.engine.cache`; ``stage.rehash`` reads every file)."""
     from tqdm import tqdm
 
     rows: dict[str, dict] = {}
     ids: dict[str, dict[str, str]] = {}
+    stats: dict[str, dict] = {}
     bar = tqdm(total=len(stage.inputs.items), unit="img", desc=stage.command, disable=not stage.progress,
                dynamic_ncols=True)
 
@@ -102,10 +108,24 @@ def _label_all(stage: Stage, layout: RunLayout, store: PartStore, executor, summ
         bar.update(1)
         bar.set_postfix(new=summary.new, done=summary.reused, failed=len(summary.failures), refresh=False)
 
+    def _needs(part_ids: dict, item) -> set[str]:
+        """The stages whose parts of ``item`` are missing (all of them when its soft map is)."""
+        needs = store.missing(part_ids)
+        if not needs and stage.keep_soft and not stage.soft_path(layout, item).exists():
+            needs = set(part_ids)
+        return needs
+
+    def done_before(item) -> str | None:
+        """The content hash of ``item`` if its file is unchanged since the cache hashed it and its parts
+        exist: it needs neither reading nor work (checked in this thread: a stat and a few lookups)."""
+        stats[item.file] = stat = file_stat(item.path)
+        known = None if stage.rehash else cache.sha_for(item.file, stat)
+        if known is not None and item.sha256 in (None, known) and not _needs(stage.part_ids(item, known), item):
+            return known
+        return None
+
     def load(item):
         """Read (and, for an inline executor, decode) one item: ``(item, sha, work or None, image, error)``."""
-        if item.reason:
-            return item, item.sha256, None, None, item.reason
         try:
             data, sha = read_file(item.path)
         except ImageDecodeError as exc:
@@ -113,10 +133,7 @@ def _label_all(stage: Stage, layout: RunLayout, store: PartStore, executor, summ
         if item.sha256 and sha != item.sha256:
             return item, item.sha256, None, None, (f"image changed since the parent run (sha256 {sha[:12]} != "
                                                    f"{item.sha256[:12]})")
-        part_ids = stage.part_ids(item, sha)
-        needs = store.missing(part_ids)
-        if not needs and stage.keep_soft and not stage.soft_path(layout, item).exists():
-            needs = set(part_ids)
+        needs = _needs(stage.part_ids(item, sha), item)
         if not needs:
             return item, sha, None, None, None
         work = Work(item, sha, frozenset(needs))
@@ -127,16 +144,33 @@ def _label_all(stage: Stage, layout: RunLayout, store: PartStore, executor, summ
         except ImageDecodeError as exc:
             return item, sha, None, None, str(exc)
 
+    def reused(item, sha):
+        """``item`` was done in an earlier run; its label map is checked in the rebuild."""
+        ids[item.file] = stage.part_ids(item, sha)
+        hit = cache.image(item.file, paint_id(stage.key, ids[item.file]))
+        if hit is not None:
+            n, w, h = hit["num_masks"], hit["width"], hit["height"]
+        else:
+            counts, w, h = store.info(ids[item.file])
+            n = stage.merged_count(counts)
+        summary.reused += 1
+        record(item, sha, "ok", width=w, height=h, n=n)
+
     def works():
+        todo = []
+        for item in stage.inputs.items:
+            if item.reason:
+                record(item, item.sha256, "failed", item.reason)
+            elif (sha := done_before(item)) is not None:
+                reused(item, sha)
+            else:
+                todo.append(item)
         with ThreadPoolExecutor(max_workers=2) as pool:
-            for item, sha, work, image, error in _prefetch(pool, load, stage.inputs.items, 2 * stage.batch_size):
+            for item, sha, work, image, error in _prefetch(pool, load, todo, 2 * stage.batch_size):
                 if error is not None:
                     record(item, sha, "failed", error)
-                elif work is None:  # done in an earlier run; its label map is checked in the rebuild
-                    ids[item.file] = stage.part_ids(item, sha)
-                    counts, w, h = store.info(ids[item.file])
-                    summary.reused += 1
-                    record(item, sha, "ok", width=w, height=h, n=stage.merged_count(counts))
+                elif work is None:
+                    reused(item, sha)
                 else:
                     yield work, image
 
@@ -154,7 +188,7 @@ def _label_all(stage: Stage, layout: RunLayout, store: PartStore, executor, summ
         summary.new_files.add(item.file)
         record(item, work.sha256, "ok", width=w, height=h, n=len(merged))
     bar.close()
-    return [rows[i.file] for i in stage.inputs.items], ids
+    return [rows[i.file] for i in stage.inputs.items], ids, stats
 
 
 def _write(stage: Stage, layout: RunLayout, store: PartStore, work: Work, result: Output) -> tuple[int, int]:

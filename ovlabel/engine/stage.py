@@ -83,7 +83,9 @@ class Stage:
     - ``extra``: run.json fields known before the run (``parent``, ``models``); ``parameters``: the
       resolved config for run.json's ``last_invocation``; ``keep_soft``: soft maps are part of the output;
       ``note``: run.json's note (default: a warning when random-initialised models made the labels);
-      ``soft_inputs``: images whose stage reads a stored soft map (``refine``), None where that does not apply.
+      ``soft_inputs``: images whose stage reads a stored soft map (``refine``), None where that does not apply;
+      ``rehash``: read and hash every input file again instead of trusting the cache's hash of an unchanged
+      file (:mod:`ovlabel.engine.cache`).
     """
 
     command: str
@@ -110,6 +112,7 @@ class Stage:
     note: str | None = None
     soft_inputs: int | None = None
     inputs: Inputs | None = None
+    rehash: bool = False
 
     # -- what subclasses define -----------------------------------------------------------------------
     def worker(self, device: str) -> Worker:

@@ -6,19 +6,16 @@ names what the result depends on in the image: its content hash, or a digest of 
 stage's per-image inputs (the classes it looks for, a parent run's label map). A part exists only once it
 is complete (atomic write), so "which parts exist" is the whole resume state.
 
-Also here: the record of which parts each label map was painted from (``cache/painted.json``), which lets
-the artifact rebuild trust an unchanged label map without reading it. ``cache/`` holds only what can be
-derived from the parts again: deleting it costs a check of every label map, nothing else.
+What the rebuild derived from the parts is cached in ``cache/`` (:mod:`ovlabel.engine.cache`), keyed on
+:func:`paint_id`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from ovlabel.artifacts import RunLayout, part_info, read_part, write_part
-from ovlabel.io.atomic import write_json
 from ovlabel.masks import MaskSet
 
 
@@ -58,26 +55,7 @@ class PartStore:
         return counts, w, h
 
 
-class PaintRecord:
-    """``cache/painted.json``: for each label map (by image file), the paint id it was painted from: a digest
-    of the run's artifact settings key and the image's part ids. A label map whose entry equals its current
-    paint id is what the parts say; any other is checked against them."""
-
-    def __init__(self, layout: RunLayout):
-        self.path = layout.cache / "painted.json"
-        try:
-            self.entries: dict[str, str] = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            self.entries = {}
-
-    @staticmethod
-    def paint_id(key: str, ids: dict[str, str]) -> str:
-        return digest(key, *(f"{s}={ids[s]}" for s in sorted(ids)))[:24]
-
-    def trusted(self, file: str, paint_id: str) -> bool:
-        return self.entries.get(file) == paint_id
-
-    def save(self, entries: dict[str, str]) -> None:
-        if entries != self.entries or not self.path.exists():
-            write_json(self.path, entries)
-            self.entries = dict(entries)
+def paint_id(key: str, ids: dict[str, str]) -> str:
+    """What an image's label map and dataset rows are made from: a digest of the run's artifact settings
+    key and the image's part ids (:mod:`ovlabel.engine.cache` keys its entries on it)."""
+    return digest(key, *(f"{s}={ids[s]}" for s in sorted(ids)))[:24]

@@ -208,7 +208,7 @@ class ExportRun:
 
 def _mask_groups(path: Path):
     """``(image_id, pa.Table)`` per image from masks.parquet, read in batches; the file is written in
-    image-id order (:func:`ovlabel.artifacts.write_masks_and_coco`), which this checks."""
+    image-id order (:func:`ovlabel.dataset.write_masks_and_coco`), which this checks."""
     pf = pq.ParquetFile(path)
     cols = [c for c in _MASK_COLUMNS if c in pf.schema_arrow.names]
     cur_id, parts, last = None, [], -1

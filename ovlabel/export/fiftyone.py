@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ovlabel.artifacts import IGNORE_INDEX, coco_annotation, write_coco, write_label_png
+from ovlabel.artifacts import IGNORE_INDEX, write_label_png
+from ovlabel.dataset import coco_annotation, write_coco
 from ovlabel.export.base import FormatWriter
 from ovlabel.export.core import ExportItem
 from ovlabel.io.atomic import atomic_path, write_json
