@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ovlabel.artifacts import RunLayout, read_label_png, read_manifest, read_masks
+from ovlabel.artifacts import open_complete_run, read_label_png, read_manifest, read_masks
 from ovlabel.errors import OvlabelError
 from ovlabel.masks import MaskSet
 
@@ -33,17 +33,14 @@ class Run:
     """A run directory: its provenance, images, masks and label maps (read from its artifacts)."""
 
     def __init__(self, path: str | Path, summary=None):
-        self.layout = RunLayout(Path(path).expanduser().resolve())
+        self.layout, info, classes = open_complete_run(path)
         self.path = self.layout.root
         #: what the call that made this object did (:class:`ovlabel.engine.RunSummary`), None for :func:`open_run`
         self.summary = summary
-        info = self.layout.read_run_json()
-        if info is None or not self.layout.manifest.exists():
-            raise OvlabelError(f"'{path}' is not an ovlabel run (no run.json / manifest.parquet)")
         #: run.json
         self.info: dict = info
         #: the vocabulary: class names in label-map order
-        self.classes: list[str] = info["settings"]["vocabulary"]["classes"]
+        self.classes: list[str] = classes
 
     def images(self) -> list[dict]:
         """The manifest: one dict per input image (file, sha256, width, height, status, reason, label_file, ...)."""

@@ -131,6 +131,26 @@ class RunLayout:
             return None
 
 
+def open_complete_run(path: str | Path, masks: bool = False) -> tuple[RunLayout, dict, list[str]]:
+    """A complete run directory: its layout (resolved), its run.json and its vocabulary. Raises
+    OvlabelError naming ``path`` when it is not a run (no run.json / manifest.parquet, or with ``masks`` no
+    masks.parquet), not complete, or records no vocabulary. Every reader of runs opens them here."""
+    from ovlabel.errors import OvlabelError
+
+    layout = RunLayout(Path(path).expanduser().resolve())
+    doc = layout.read_run_json()
+    if doc is None or not layout.manifest.exists():
+        raise OvlabelError(f"'{path}' is not an ovlabel run (no run.json / manifest.parquet); make one with "
+                           f"`ovlabel pseudo-label IMAGES --out RUN`")
+    if doc.get("status") != "complete" or (masks and not layout.masks.exists()):
+        raise OvlabelError(f"run '{path}' is not complete (status '{doc.get('status')}'); finish it first by "
+                           f"re-running the command that made it")
+    classes = list(((doc.get("settings") or {}).get("vocabulary") or {}).get("classes") or [])
+    if not classes:
+        raise OvlabelError(f"run '{path}' records no vocabulary in run.json (settings.vocabulary.classes)")
+    return layout, doc, classes
+
+
 def label_names(rel_paths: list[str]) -> dict[str, str]:
     """Label-map file name (relative to ``labels/``) for each image path: the path with its suffix
     replaced by ``.png``; when two images would collide (``a.jpg`` and ``a.png``) both keep their

@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ovlabel.artifacts import IGNORE_INDEX, RunLayout, read_label_png, read_manifest
-from ovlabel.errors import OvlabelError
+from ovlabel.artifacts import IGNORE_INDEX, open_complete_run, read_label_png, read_manifest
 from ovlabel.evaluate.metrics import image_counts, image_miou
 
 #: ``ovlabel diff`` exit status when the drift exceeds ``--fail-above``.
@@ -44,18 +43,8 @@ class _Run:
 
 
 def _load(path: str | Path) -> _Run:
-    root = Path(path).expanduser().resolve()
-    layout = RunLayout(root)
-    doc = layout.read_run_json()
-    if doc is None or not layout.manifest.exists():
-        raise OvlabelError(f"'{path}' is not an ovlabel run (no run.json / manifest.parquet)")
-    if doc.get("status") != "complete":
-        raise OvlabelError(f"run '{path}' is not complete (status '{doc.get('status')}'); finish it first by "
-                           f"re-running the command that made it")
-    classes = ((doc.get("settings") or {}).get("vocabulary") or {}).get("classes")
-    if not classes:
-        raise OvlabelError(f"run '{path}' records no vocabulary in run.json (settings.vocabulary.classes)")
-    return _Run(root, doc, {r["file"]: r for r in read_manifest(layout.manifest)}, list(classes))
+    layout, doc, classes = open_complete_run(path)
+    return _Run(layout.root, doc, {r["file"]: r for r in read_manifest(layout.manifest)}, classes)
 
 
 @dataclass

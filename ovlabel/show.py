@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ovlabel.artifacts import RunLayout, read_manifest
+from ovlabel.artifacts import RunLayout, open_complete_run, read_manifest
 from ovlabel.engine.rebuild import write_overlays
 from ovlabel.errors import OvlabelError
 from ovlabel.io.lock import run_lock
@@ -20,14 +20,10 @@ def show_run(run_dir: str | Path, image_root: str | Path | None = None, review: 
     """
     if review is not None and review < 0:
         raise OvlabelError(f"--review {review} is invalid: expected a number of images >= 0")
-    layout = RunLayout(Path(run_dir).expanduser())
-    doc = layout.read_run_json()
-    if doc is None or not layout.manifest.exists():
-        raise OvlabelError(f"'{run_dir}' is not a finished ovlabel run (no run.json / manifest.parquet)")
+    layout, doc, names = open_complete_run(run_dir)
     root = Path(image_root).expanduser() if image_root else Path(doc["input"]["root"])
     if not root.is_dir():
         raise OvlabelError(f"image root '{root}' does not exist; pass --images with the folder the run was made from")
-    names = doc["settings"]["vocabulary"]["classes"]
     with run_lock(layout.root, "show"):
         rows = [r for r in read_manifest(layout.manifest) if r["status"] == "ok"]
         if review is not None:

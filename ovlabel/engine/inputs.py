@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ovlabel.artifacts import RunLayout, label_names, read_manifest
+from ovlabel.artifacts import RunLayout, label_names, open_complete_run, read_manifest
 from ovlabel.errors import OvlabelError
 from ovlabel.io.lock import ignorable
 
@@ -76,14 +76,8 @@ def from_run(run_dir: str | Path, images: str | Path | None = None) -> Inputs:
     """Items for every row of the complete run ``run_dir``, with their content hashes and the run's failures
     (``reason`` "failed in the parent run: ..."); ``images`` replaces the image root the run recorded (the
     images moved). Raises OvlabelError when ``run_dir`` is not a complete run."""
-    parent = Path(run_dir).expanduser().resolve()
-    layout = RunLayout(parent)
-    doc = layout.read_run_json()
-    if doc is None or not layout.manifest.exists():
-        raise OvlabelError(f"'{run_dir}' is not an ovlabel run (no run.json / manifest.parquet)")
-    if doc.get("status") != "complete":
-        raise OvlabelError(f"run '{parent}' is not complete (status '{doc.get('status')}'); finish it first by "
-                           f"re-running the command that made it")
+    layout, doc, _ = open_complete_run(run_dir)
+    parent = layout.root
     recorded = (doc.get("input") or {}).get("root")
     if not images and not recorded:
         raise OvlabelError(f"run '{parent}' does not record its image folder; pass --images")

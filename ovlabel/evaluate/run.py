@@ -68,7 +68,7 @@ class EvalResult:
 
 def load_prediction(path: str | Path, pred_classes: str | None) -> Prediction:
     """A run directory (its manifest's label maps and run.json vocabulary) or a folder of label PNGs."""
-    from ovlabel.artifacts import RunLayout, read_manifest
+    from ovlabel.artifacts import RunLayout, open_complete_run, read_manifest
     from ovlabel.evaluate.layouts import find_pngs
     from ovlabel.vocab import load_vocabulary
 
@@ -77,10 +77,8 @@ def load_prediction(path: str | Path, pred_classes: str | None) -> Prediction:
         raise OvlabelError(f"prediction '{path}' is not a folder; give a run directory or a folder of label PNGs")
     root = root.resolve()
     layout = RunLayout(root)
-    doc = layout.read_run_json()
-    if doc is not None:
-        if not layout.manifest.exists() or doc.get("status") != "complete":
-            raise OvlabelError(f"run '{root}' is not complete (status '{doc.get('status')}'); finish it first")
+    if layout.run_json.exists():
+        layout, doc, _ = open_complete_run(root)
         if pred_classes:
             raise OvlabelError("--pred-classes is for a folder of PNGs; a run directory names its own classes")
         files, failed = {}, {}

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ovlabel.artifacts import IGNORE_INDEX, RunLayout, label_names, read_label_png, read_manifest
+from ovlabel.artifacts import IGNORE_INDEX, RunLayout, label_names, open_complete_run, read_label_png, read_manifest
 from ovlabel.config.export import ExportConfig
 from ovlabel.errors import OvlabelError
 from ovlabel.masks import MaskSet, _to_bytes_rle
@@ -237,17 +237,7 @@ def open_run(run_dir: str | os.PathLike, cfg: ExportConfig) -> ExportRun:
     root = Path(run_dir).expanduser()
     if not root.is_dir():
         raise OvlabelError(f"run '{run_dir}' is not a folder; give a run directory made by `ovlabel pseudo-label`")
-    layout = RunLayout(root.resolve())
-    doc = layout.read_run_json()
-    if doc is None or not layout.manifest.exists():
-        raise OvlabelError(f"'{run_dir}' is not an ovlabel run (no run.json / manifest.parquet); give a run "
-                           f"directory made by `ovlabel pseudo-label IMAGES --out RUN`")
-    if doc.get("status") != "complete" or not layout.masks.exists():
-        raise OvlabelError(f"run '{run_dir}' is not complete (status {doc.get('status')!r}); finish it first by "
-                           f"re-running the command that made it")
-    names = list(((doc.get("settings") or {}).get("vocabulary") or {}).get("classes") or [])
-    if not names:
-        raise OvlabelError(f"run '{run_dir}' records no vocabulary in run.json (settings.vocabulary.classes)")
+    layout, doc, names = open_complete_run(run_dir, masks=True)
     rows = sorted(read_manifest(layout.manifest), key=lambda r: r["image_id"])
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ovlabel.artifacts import IGNORE_INDEX, RunLayout, read_label_png, read_manifest
-from ovlabel.errors import OvlabelError
+from ovlabel.artifacts import IGNORE_INDEX, RunLayout, open_complete_run, read_label_png, read_manifest
 
 #: masks.parquet columns the report reads (never the RLE); absent ones (older runs) read as null.
 MASK_COLUMNS = ("image_id", "mask_id", "category", "class_index", "source", "score", "area", "margin", "quality")
@@ -59,17 +58,8 @@ def load_run(path: str | Path, workers: int | None = None) -> RunData:
     The run's own stored estimate is used; :func:`apply_reference` adds a second labeller's."""
     import pyarrow.parquet as pq
 
-    root = Path(path).expanduser().resolve()
-    layout = RunLayout(root)
-    doc = layout.read_run_json()
-    if doc is None or not layout.manifest.exists() or not layout.masks.exists():
-        raise OvlabelError(f"'{path}' is not an ovlabel run (no run.json / manifest.parquet / masks.parquet)")
-    if doc.get("status") != "complete":
-        raise OvlabelError(f"run '{path}' is not complete (status '{doc.get('status')}'); finish it first by "
-                           f"re-running the command that made it")
-    classes = list(((doc.get("settings") or {}).get("vocabulary") or {}).get("classes") or [])
-    if not classes:
-        raise OvlabelError(f"run '{path}' records no vocabulary in run.json (settings.vocabulary.classes)")
+    layout, doc, classes = open_complete_run(path, masks=True)
+    root = layout.root
     rows = read_manifest(layout.manifest)
     pf = pq.ParquetFile(layout.masks)
     present = [c for c in MASK_COLUMNS if c in pf.schema_arrow.names]
@@ -96,12 +86,8 @@ def apply_reference(data: RunData, reference_run: str | Path) -> int:
     salience, ``segment`` of the same images, ...) labelled from the same input (same SHA-256), with its
     label map as the ``reference`` signal (:func:`ovlabel.quality.image_quality`). Classes are matched by
     name. Returns the number of images re-estimated."""
-    ref_root = Path(reference_run).expanduser().resolve()
-    ref_layout = RunLayout(ref_root)
-    doc = ref_layout.read_run_json()
-    if doc is None or doc.get("status") != "complete" or not ref_layout.manifest.exists():
-        raise OvlabelError(f"reference '{reference_run}' is not a complete ovlabel run")
-    ref_classes = list(((doc.get("settings") or {}).get("vocabulary") or {}).get("classes") or [])
+    ref_layout, doc, ref_classes = open_complete_run(reference_run)
+    ref_root = ref_layout.root
     ours = {n: i for i, n in enumerate(data.classes)}
     lut = np.full(256, IGNORE_INDEX, np.uint8)
     for i, name in enumerate(ref_classes[:IGNORE_INDEX]):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ovlabel.artifacts import IGNORE_INDEX, RunLayout, read_manifest, read_masks
+from ovlabel.artifacts import IGNORE_INDEX, RunLayout, open_complete_run, read_manifest, read_masks
 from ovlabel.errors import OvlabelError
 from ovlabel.features import patch_grid
 from ovlabel.masks import MaskSet
@@ -70,12 +70,7 @@ def templates_from_run(run: dict) -> Templates:
 
 def read_run(run_dir: str | Path) -> tuple[RunLayout, dict]:
     """A complete pseudo-label run: its layout and run.json; OvlabelError if it is not one."""
-    layout = RunLayout(Path(run_dir).expanduser().resolve())
-    run = layout.read_run_json()
-    if run is None:
-        raise OvlabelError(f"'{layout.root}' is not an ovlabel run (no run.json); make one with `ovlabel pseudo-label IMAGES --out RUN`")
-    if run.get("status") != "complete" or not layout.manifest.exists() or not layout.masks.exists():
-        raise OvlabelError(f"run '{layout.root}' is not complete (status {run.get('status')!r}); finish it by re-running its pseudo-label command")
+    layout, run, _ = open_complete_run(run_dir, masks=True)
     return layout, run
 
 
