@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ovlabel.config._fields import knob
 from ovlabel.errors import OvlabelError
 
 #: Export formats, in the order ``ovlabel export --help`` lists them (one module each in ovlabel.export).
@@ -43,16 +44,20 @@ class ExportConfig:
     - ``overwrite``: replace an existing export made with other settings or from another run state.
     """
 
-    split: float = 0.9
-    seed: int = 0
-    images: str = "copy"
-    image_root: Path | None = None
-    min_score: float | None = None
-    classes: tuple[str, ...] = ()
-    rename: tuple[tuple[str, str], ...] = ()
-    url_prefix: str = "/data/local-files/?d="
-    hf_shard_images: int = 1000
-    overwrite: bool = False
+    split: float = knob(0.9, help="Fraction of images in train (the rest: val), by content hash.")
+    seed: int = knob(0, help="Seed of the train/val split.")
+    images: str = knob("copy", help="Image files: copy | link | none (none: labels only).")
+    image_root: Path | None = knob(None, help="Where the run's images are now, if they moved.", parse=Path,
+                                   shown="the run's input folder")
+    min_score: float | None = knob(None, help="Drop masks scored below this (0-1).", shown="keep all")
+    classes: tuple[str, ...] = knob((), help="Export only these run classes, in this order (comma list); others "
+                                    "become unlabeled.", parse=lambda v: parse_classes(v), shown="all")
+    rename: tuple[tuple[str, str], ...] = knob((), help="Rename classes: 'old=new,...'; two classes renamed alike "
+                                               "merge.", parse=lambda v: parse_rename(v), shown="none")
+    url_prefix: str = knob("/data/local-files/?d=", help="Label Studio image URL prefix.")
+    hf_shard_images: int = knob(1000, help="Images per Parquet shard of the hf export.")
+    overwrite: bool = knob(False, help="Replace an export made with other settings or from another run state.",
+                           flag="--overwrite")
 
     def __post_init__(self):
         if not (isinstance(self.split, (int, float)) and 0 < self.split <= 1):
