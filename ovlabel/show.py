@@ -8,6 +8,7 @@ from ovlabel.artifacts import RunLayout, read_manifest
 from ovlabel.engine.rebuild import write_overlays
 from ovlabel.errors import OvlabelError
 from ovlabel.io.lock import run_lock
+from ovlabel.io.names import recorded_path
 from ovlabel.quality import least_certain
 
 
@@ -24,7 +25,7 @@ def show_run(run_dir: str | Path, image_root: str | Path | None = None, review: 
     doc = layout.read_run_json()
     if doc is None or not layout.manifest.exists():
         raise OvlabelError(f"'{run_dir}' is not a finished ovlabel run (no run.json / manifest.parquet)")
-    root = Path(image_root).expanduser() if image_root else Path(doc["input"]["root"])
+    root = Path(image_root).expanduser() if image_root else recorded_path(doc["input"]["root"])
     if not root.is_dir():
         raise OvlabelError(f"image root '{root}' does not exist; pass --images with the folder the run was made from")
     names = doc["settings"]["vocabulary"]["classes"]

@@ -17,6 +17,7 @@ import numpy as np
 
 from ovlabel.artifacts import IGNORE_INDEX, RunLayout, read_label_png, read_manifest
 from ovlabel.errors import OvlabelError
+from ovlabel.io.names import recorded_path
 
 #: masks.parquet columns the report reads (never the RLE); absent ones (older runs) read as null.
 MASK_COLUMNS = ("image_id", "mask_id", "category", "class_index", "source", "score", "area", "margin", "quality")
@@ -51,7 +52,7 @@ class RunData:
         if override:
             return Path(override).expanduser()
         root = (self.doc.get("input") or {}).get("root")
-        return Path(root) if root else None
+        return recorded_path(root) if root else None
 
 
 def load_run(path: str | Path, workers: int | None = None) -> RunData:
