@@ -71,27 +71,24 @@ class PartStore:
         next run recomputes it."""
         parts, w, h = {}, 0, 0
         for s, pid in ids.items():
-            path = self.path(s, pid)
-            try:
-                parts[s], w, h = read_part(path)
-            except Exception as exc:
-                self._damaged(path, exc)
-                raise RunFailed(f"part file '{path}' is damaged ({self.damaged[-1][1]}); it was removed: run the "
-                                f"same command again to recompute it") from None
+            parts[s], w, h = self._read(read_part, self.path(s, pid))
         return parts, w, h
+
+    def _read(self, reader, path: Path):
+        """``reader(path)``; a part that cannot be read is removed and raises RunFailed (exit 1)."""
+        try:
+            return reader(path)
+        except Exception as exc:
+            self._damaged(path, exc)
+            raise RunFailed(f"part file '{path}' is damaged ({self.damaged[-1][1]}); it was removed: run the "
+                            f"same command again to recompute it") from None
 
     def info(self, ids: dict[str, str]) -> tuple[dict[str, int], int, int]:
         """``({stage: mask count}, width, height)`` from the part footers alone (no mask data read); a damaged
         footer is handled as in :meth:`read`."""
         counts, w, h = {}, 0, 0
         for s, pid in ids.items():
-            path = self.path(s, pid)
-            try:
-                counts[s], w, h = part_info(path)
-            except Exception as exc:
-                self._damaged(path, exc)
-                raise RunFailed(f"part file '{path}' is damaged ({self.damaged[-1][1]}); it was removed: run the "
-                                f"same command again to recompute it") from None
+            counts[s], w, h = self._read(part_info, self.path(s, pid))
         return counts, w, h
 
 

@@ -102,16 +102,24 @@ def write_fault(name: str) -> None:
     write: the N-th write whose destination name matches and every matching one after it (a full disk
     stays full). One environment lookup when unset."""
     global _fault_hits
-    spec = os.environ.get("OVLABEL_TEST_FAIL_WRITE")
-    if not spec:
-        return
-    where, _, nth = spec.partition("#")
-    code, _, pattern = where.partition(":")
-    if fnmatch.fnmatchcase(name, pattern):
+    hook = _hook("OVLABEL_TEST_FAIL_WRITE", name)
+    if hook is not None:
+        code, nth = hook
         _fault_hits += 1
-        if _fault_hits >= int(nth or 1):
+        if _fault_hits >= nth:
             num = getattr(errno, code)
             raise OSError(num, os.strerror(num))
+
+
+def _hook(variable: str, name: str) -> tuple[str, int] | None:
+    """A testing hook's ``(WHAT, N)`` if the environment variable ``variable`` (``WHAT:PATTERN[#N]``) is set
+    and its glob ``PATTERN`` matches the file name ``name``, else None."""
+    spec = os.environ.get(variable)
+    if not spec:
+        return None
+    where, _, nth = spec.partition("#")
+    what, _, pattern = where.partition(":")
+    return (what, int(nth or 1)) if fnmatch.fnmatchcase(name, pattern) else None
 
 
 def _rename_into_place(tmp: Path, dest: Path) -> None:
@@ -127,14 +135,10 @@ def crash_point(phase: str, name: str) -> None:
     """Testing hook: SIGKILL this process here if ``OVLABEL_TEST_KILL_AT`` (``PHASE:PATTERN[#N]``) names
     this point for the N-th time. One environment lookup when the variable is unset."""
     global _kill_hits
-    spec = os.environ.get("OVLABEL_TEST_KILL_AT")
-    if not spec:
-        return
-    where, _, nth = spec.partition("#")
-    want_phase, _, pattern = where.partition(":")
-    if want_phase == phase and fnmatch.fnmatchcase(name, pattern):
+    hook = _hook("OVLABEL_TEST_KILL_AT", name)
+    if hook is not None and hook[0] == phase:
         _kill_hits += 1
-        if _kill_hits == int(nth or 1):
+        if _kill_hits == hook[1]:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
