@@ -131,6 +131,11 @@ class RunLayout:
             return None
 
 
+#: Longest label-map file name (bytes of one path component): file systems allow 255, and the atomic
+#: writer's temporary name and the overlay's ``.jpg`` must still fit beside it.
+MAX_NAME_BYTES = 200
+
+
 def open_complete_run(path: str | Path, masks: bool = False) -> tuple[RunLayout, dict, list[str]]:
     """A complete run directory: its layout (resolved), its run.json and its vocabulary. Raises
     OvlabelError naming ``path`` when it is not a run (no run.json / manifest.parquet, or with ``masks`` no
@@ -152,16 +157,30 @@ def open_complete_run(path: str | Path, masks: bool = False) -> tuple[RunLayout,
 
 
 def label_names(rel_paths: list[str]) -> dict[str, str]:
-    """Label-map file name (relative to ``labels/``) for each image path: the path with its suffix
-    replaced by ``.png``; when two images would collide (``a.jpg`` and ``a.png``) both keep their
-    suffix (``a.jpg.png``, ``a.png.png``)."""
+    """Label-map file name (relative to ``labels/``) for each image path (the manifest's stored ``file``,
+    :mod:`ovlabel.io.names`): the path with its suffix replaced by ``.png``. When two images would collide
+    (``a.jpg`` and ``a.png``) both keep their suffix (``a.jpg.png``, ``a.png.png``); so does an image
+    whose label map would take the name of a folder of label maps (image ``scan.jpg`` beside a folder
+    ``scan.png/``). A name still taken, or longer than :data:`MAX_NAME_BYTES`, is shortened and made
+    unique with a digest of the image path (``<start>~<12 hex>.png``). Same paths, same names."""
+    import hashlib
+    from pathlib import PurePosixPath
+
     stems: dict[str, list[str]] = {}
     for rel in rel_paths:
-        stems.setdefault(str(Path(rel).with_suffix(".png")), []).append(rel)
-    out = {}
-    for stem, rels in stems.items():
+        stems.setdefault(str(PurePosixPath(rel).with_suffix(".png")), []).append(rel)
+    folders = {str(p) for rel in rel_paths for p in PurePosixPath(rel).parents if str(p) != "."}
+    out, taken = {}, set()
+    for stem, rels in sorted(stems.items()):
         for rel in rels:
-            out[rel] = stem if len(rels) == 1 else rel + ".png"
+            name = stem if len(rels) == 1 and stem not in folders else rel + ".png"
+            leaf = PurePosixPath(name).name
+            if name in folders or name in taken or len(leaf.encode()) > MAX_NAME_BYTES:
+                digest = hashlib.sha256(rel.encode()).hexdigest()[:12]
+                start = leaf.encode()[:MAX_NAME_BYTES - 20].decode(errors="ignore")
+                name = str(PurePosixPath(name).with_name(f"{start}~{digest}.png"))
+            taken.add(name)
+            out[rel] = name
     return out
 
 

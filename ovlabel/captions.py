@@ -60,12 +60,9 @@ def read_captions(path: str | Path) -> list[Caption]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise OvlabelError(f"captions file '{path}' does not exist")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise OvlabelError(f"captions file '{path}' line {line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    from ovlabel.io.text import read_user_text
+
+    text = read_user_text(path, "captions file")
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         return _read_csv(path, text, "\t" if suffix == ".tsv" else ",")
@@ -89,7 +86,7 @@ def _field(obj: dict, where: str) -> tuple[str, str]:
 
 def _read_jsonl(path: Path, text: str) -> list[Caption]:
     rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         where = f"captions file '{path}' line {lineno}"

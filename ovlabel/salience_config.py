@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ovlabel.config import CRFConfig, _check
+from ovlabel.config._checks import memory
 from ovlabel.config._fields import knob
 from ovlabel.config.run import ModelRunConfig
 from ovlabel.errors import OvlabelError
@@ -31,6 +32,22 @@ SEARCH_LAYERS = tuple(range(1, 13))
 SEARCH_HEADS = tuple(range(1, 13))
 SEARCH_THRESHOLDS = (0.05, 0.15, 0.25, 0.35, 0.45)
 SEARCH_SIGMAS = (0.01, 0.03, 0.05, 0.07, 0.09, 0.11)
+
+
+#: Largest BLIP input side (px); seed 004 §9 interpolates positional embeddings up to 768.
+MAX_BLIP_RESOLUTION = 1536
+
+
+def resolution_checks(resolution: int) -> list:
+    """``_check`` entries of a BLIP input side: a multiple of 16 in [16, :data:`MAX_BLIP_RESOLUTION`]; above
+    it, the message says what one attention map over its patch tokens would take."""
+    extra = ""
+    if isinstance(resolution, int) and resolution > MAX_BLIP_RESOLUTION:
+        tokens = (resolution // 16) ** 2 + 1
+        extra = (f"; {resolution} px would take about {memory(tokens * tokens * 4)} for one attention map of BLIP's "
+                 f"vision transformer ({tokens:,} tokens), with gradients kept for GradCAM")
+    return [(16 <= resolution <= MAX_BLIP_RESOLUTION and resolution % 16 == 0, "resolution",
+             f"a multiple of 16 in [16, {MAX_BLIP_RESOLUTION}] (px){extra}")]
 
 
 def parse_head(value) -> int | None:
@@ -83,12 +100,12 @@ class SalienceConfig:
 
     def __post_init__(self):
         _check(self, [
-            (self.layer >= 1, "layer", "a layer number >= 1"),
-            (self.head is None or self.head >= 1, "head", "a head number >= 1 or None (mean over heads)"),
+            (1 <= self.layer <= 64, "layer", "a layer number in [1, 64] (BLIP has 12)"),
+            (self.head is None or 1 <= self.head <= 64, "head", "a head number in [1, 64] or mean (over heads)"),
             (0.0 <= self.threshold <= 1.0, "threshold", "a number in [0, 1]"),
-            (self.resolution >= 16 and self.resolution % 16 == 0, "resolution", "a multiple of 16 (px)"),
-            (self.rounds >= 1, "rounds", "an integer >= 1"),
-            (self.drop_patches >= 0, "drop_patches", "an integer >= 0"),
+            *resolution_checks(self.resolution),
+            (1 <= self.rounds <= 64, "rounds", "an integer in [1, 64]"),
+            (0 <= self.drop_patches <= 100_000, "drop_patches", "an integer in [0, 100000]"),
             (self.unary in UNARIES, "unary", " or ".join(UNARIES)),
             (self.itm_token in ("enc", "cls"), "itm_token", "'enc' or 'cls'"),
         ])
@@ -126,9 +143,10 @@ class SalienceRunConfig(ModelRunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(self, [(self.captions_missing in ("all", "none"), "captions_missing", "all or none")])
-        if self.batch_size < 1:
-            raise OvlabelError(f"batch_size={self.batch_size!r} is invalid: expected an integer >= 1")
+        _check(self, [
+            (self.captions_missing in ("all", "none"), "captions_missing", "all or none"),
+            (1 <= self.batch_size <= 256, "batch_size", "an integer in [1, 256] (images per BLIP pass)"),
+        ])
 
 
 @dataclass
@@ -173,12 +191,16 @@ class TuneConfig:
     progress: bool = knob(True, help="Show progress bars.")
 
     def __post_init__(self):
+        grid = len(SEARCH_LAYERS) * len(SEARCH_HEADS) * len(SEARCH_THRESHOLDS)
         _check(self, [
-            (self.trials >= 1, "trials", "an integer >= 1"),
-            (self.sigma_trials >= 0, "sigma_trials", "an integer >= 0"),
-            (self.max_images >= 1, "max_images", "an integer >= 1"),
-            (self.resolution >= 16 and self.resolution % 16 == 0, "resolution", "a multiple of 16 (px)"),
-            (self.rounds >= 1, "rounds", "an integer >= 1"),
+            (1 <= self.trials <= grid, "trials", f"an integer in [1, {grid}] (the search grid of PnP-OVSS Tab. 2)"),
+            (0 <= self.sigma_trials <= len(SEARCH_SIGMAS), "sigma_trials",
+             f"an integer in [0, {len(SEARCH_SIGMAS)}] (the blur stds of Tab. 2)"),
+            (1 <= self.max_images <= 100_000, "max_images", "an integer in [1, 100000]"),
+            *resolution_checks(self.resolution),
+            (1 <= self.rounds <= 64, "rounds", "an integer in [1, 64]"),
+            (0 <= self.drop_patches <= 100_000, "drop_patches", "an integer in [0, 100000]"),
+            (0 <= self.seed < 2**63, "seed", "an integer in [0, 2**63)"),
             (self.itm_token in ("enc", "cls"), "itm_token", "'enc' or 'cls'"),
             (self.reward_norm in REWARD_NORMS, "reward_norm", " or ".join(REWARD_NORMS)),
         ])

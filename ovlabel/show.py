@@ -8,6 +8,7 @@ from ovlabel.artifacts import RunLayout, open_complete_run, read_manifest
 from ovlabel.engine.rebuild import write_overlays
 from ovlabel.errors import OvlabelError
 from ovlabel.io.lock import run_lock
+from ovlabel.io.names import recorded_path
 from ovlabel.quality import least_certain
 
 
@@ -21,7 +22,7 @@ def show_run(run_dir: str | Path, image_root: str | Path | None = None, review: 
     if review is not None and review < 0:
         raise OvlabelError(f"--review {review} is invalid: expected a number of images >= 0")
     layout, doc, names = open_complete_run(run_dir)
-    root = Path(image_root).expanduser() if image_root else Path(doc["input"]["root"])
+    root = Path(image_root).expanduser() if image_root else recorded_path(doc["input"]["root"])
     if not root.is_dir():
         raise OvlabelError(f"image root '{root}' does not exist; pass --images with the folder the run was made from")
     with run_lock(layout.root, "show"):

@@ -174,12 +174,11 @@ def load_vocabulary(value: str) -> Vocabulary:
 
 
 def _load_vocab_file(path: Path) -> Vocabulary:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise OvlabelError(f"vocabulary file '{path}' is not UTF-8 text") from None
+    from ovlabel.io.text import read_user_text
+
+    text = read_user_text(path, "vocabulary file")
     rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -199,7 +198,9 @@ def load_templates(value: str) -> Templates:
             f"unknown template set '{value}': use one of {', '.join(TEMPLATE_SETS)} or a text file with one "
             f"template per line containing '{{}}'"
         )
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    from ovlabel.io.text import read_user_text
+
+    lines = [ln.strip() for ln in read_user_text(path, "template file").split("\n")]
     templates = tuple(ln for ln in lines if ln and not ln.startswith("#"))
     if not templates:
         raise OvlabelError(f"template file '{path}' has no templates")

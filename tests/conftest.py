@@ -18,6 +18,7 @@ def _offline_caches(tmp_path_factory):
         "TORCH_HOME": str(root / "torch"),
         "HF_HOME": str(root / "hf"),
         "HF_HUB_OFFLINE": "1",
+        "OVLABEL_OFFLINE": "1",  # no test ever reaches for the network (ovlabel.models.offline)
     }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

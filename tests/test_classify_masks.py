@@ -91,7 +91,7 @@ def test_classify_masks_errors(tmp_path, image_folder):
     run = tmp_path / "run"
     assert label(image_folder, run, "--stages", "1.1").exit_code == 0
     res = classify(run, "--classifier", "nope")
-    assert res.exit_code == 2 and "classifier='nope' is invalid" in res.output
+    assert res.exit_code == 2 and "--classifier nope is invalid" in res.output
     res = classify(run, "--images", str(tmp_path / "moved"))
     assert res.exit_code == 2 and "no longer at" in res.output
     assert TINY  # the run remembers its models: classify-masks needs no --models

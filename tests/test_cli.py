@@ -230,7 +230,7 @@ def test_new_settings_are_refused_without_overwrite(image_folder, tmp_path):
         (["pseudo-label", "{imgs}", "--out", "{tmp}/o", "--templates", "nope"], "unknown template set 'nope'"),
         (["pseudo-label", "{imgs}", "--out", "{tmp}/o", "--clip", "clip:ViT-Q-1"], "unknown CLIP architecture"),
         (["pseudo-label", "{imgs}", "--out", "{tmp}/o", "--device", "tpu"], "unknown device 'tpu'"),
-        (["pseudo-label", "{imgs}", "--out", "{tmp}/o", "--overlap", "1.5"], "overlap=1.5 is invalid"),
+        (["pseudo-label", "{imgs}", "--out", "{tmp}/o", "--overlap", "1.5"], "--overlap 1.5 is invalid"),
         (["pseudo-label", "{imgs}", "--out", "{tmp}/notarun"], "not an ovlabel run"),
     ],
 )

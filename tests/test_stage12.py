@@ -231,7 +231,7 @@ def test_paint_policies_decide_who_wins_overlaps():
         (lambda: AutoMaskConfig(points_per_side=0), "points_per_side=0"),
         (lambda: MergeConfig(stage12_ratio=2), "stage12_ratio=2"),
         (lambda: MergeConfig(paint="random"), "paint='random'"),
-        (lambda: PseudoLabelConfig(stages="1.3"), "--stages '1.3' is invalid"),
+        (lambda: PseudoLabelConfig(stages="1.3"), "stages='1.3' is invalid"),
     ],
 )
 def test_bad_stage12_options_name_the_value(make, message):

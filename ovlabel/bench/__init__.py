@@ -65,6 +65,14 @@ def run_benchmark(dataset_root: str | Path, work: str | Path, cfg: BenchmarkConf
     from ovlabel.protocols import get_protocol
 
     protocol = get_protocol(cfg.protocol)
+    if models is None:  # every weight of every step named now, not one step's at a time
+        from ovlabel.models.offline import require_weights
+        from ovlabel.models.registry import resolve_models
+
+        wanted = {"clip": cfg.clip, "sam": cfg.sam}
+        if cfg.path == "fmbseg" and cfg.checkpoint is None:
+            wanted["dinov2"] = cfg.dinov2
+        require_weights(resolve_models(cfg.models, wanted), "benchmark")
     work = Path(work).expanduser().resolve()
     truth = load_ground_truth(dataset_root, protocol.gt_layout, cfg.split)
     val = _limited(split_images(truth), cfg.limit)

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from ovlabel.errors import OvlabelError
+from ovlabel.errors import OvlabelError, SettingError
 
 
 @dataclass
@@ -91,6 +91,38 @@ def _set(tree: dict, path: tuple[str, ...], value) -> None:
     tree[path[-1]] = value
 
 
+def _get(tree: dict, path: tuple[str, ...]):
+    for p in path:
+        if not isinstance(tree, dict) or p not in tree:
+            return None
+        tree = tree[p]
+    return tree
+
+
+class SettingNames:
+    """Words a bad setting (:class:`~ovlabel.errors.SettingError`) the way the user gave it: by its option
+    (``--min-crops 0 is invalid: ...``), or for a value from the ``--config`` file by its dotted name and
+    the file (``detect.min_crops=0 is invalid: ... (from --config 'x.toml')``)."""
+
+    def __init__(self, opts: list[Opt], cli: dict, from_file: dict, config_file: Path | None):
+        self.flags = {o.path: o.decls[0].split("/")[0] for o in opts}
+        self.cli, self.from_file, self.config_file = cli, from_file, config_file
+
+    def render(self, exc: Exception) -> str:
+        if not isinstance(exc, SettingError):
+            return str(exc)
+        path = tuple(exc.name.split("."))
+        if _get(self.cli, path) is None and _get(self.from_file, path) is not None:
+            return f"{exc} (from --config '{self.config_file}')"
+        flag = self.flags.get(path) or next((f for p, f in self.flags.items() if p[-1] == path[-1]), None)
+        if flag is None:
+            return str(exc)
+        value = exc.value
+        shown = (",".join(map(str, value)) if isinstance(value, tuple) else
+                 repr(value) if isinstance(value, str) and (not value or " " in value) else str(value))
+        return exc.render(flag, shown)
+
+
 def config_command(app: typer.Typer, name: str, cls, *, params: list[inspect.Parameter] = (),
                    only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = (), default_note: str | None = None):
     """Register ``fn`` as command ``name``: its own ``params`` (arguments and options declared by hand, in
@@ -121,18 +153,22 @@ def config_command(app: typer.Typer, name: str, cls, *, params: list[inspect.Par
                else p for p in params]
 
         def command(**kwargs):
-            from ovlabel.cli._app import _guard
+            from ovlabel.cli import _app
             from ovlabel.config.files import load_config_file, merge
 
             given: dict = {}
             for o in opts:
                 value = kwargs.pop(o.name)
                 if value is not None:
-                    _set(given, o.path, _guard(lambda o=o, v=value: o.parse(v)) if o.parse else value)
+                    _set(given, o.path, value)
             config_file = kwargs.pop("config_file")
-            if config_file is not None:
-                given = merge(_guard(lambda: load_config_file(config_file)), given)
-            return fn(given=given, **kwargs)
+            from_file = _app._guard(lambda: load_config_file(config_file)) if config_file is not None else {}
+            _app.render_error = SettingNames(opts, given, from_file, config_file).render
+            for o in opts:
+                value = _get(given, o.path)
+                if value is not None and o.parse:
+                    _set(given, o.path, _app._guard(lambda o=o, v=value: o.parse(v)))
+            return fn(given=merge(from_file, given), **kwargs)
 
         command.__signature__ = inspect.Signature([*own, *generated, config_param])
         command.__doc__ = fn.__doc__

@@ -67,6 +67,8 @@ def _captions_vocab(name: str | None, path: Path, top: int, out: Path | None) ->
 
     if name is not None:
         raise OvlabelError("give a vocabulary NAME or --from-captions, not both")
+    if not 1 <= top <= 100_000:
+        raise OvlabelError(f"--top {top} is invalid: expected a number of entities in [1, 100000]")
     counts, n, parser = entity_counts(path)
     entities = top_entities(counts, top)
     typer.echo(f"# {len(entities)} most frequent visual entities in {n} captions of {path.name} "

@@ -66,6 +66,10 @@ class BenchmarkConfig:
             (self.path in BENCHMARK_PATHS, "path", " or ".join(BENCHMARK_PATHS)),
             (self.limit is None or self.limit >= 1, "limit", "an integer >= 1"),
             (self.train_limit is None or self.train_limit >= 1, "train_limit", "an integer >= 1"),
-            (self.epochs >= 1, "epochs", "an integer >= 1"),
-            (self.points_per_side is None or self.points_per_side >= 1, "points_per_side", "an integer >= 1"),
+            (1 <= self.epochs <= 10_000, "epochs", "an integer in [1, 10000]"),
+            (self.points_per_side is None or 1 <= self.points_per_side <= 256, "points_per_side",
+             "an integer in [1, 256]"),
+            (self.resolution is None or 16 <= self.resolution <= 8192, "resolution", "an integer in [16, 8192] (px)"),
+            (self.train_resolution is None or 14 <= self.train_resolution <= 2048, "train_resolution",
+             "an integer in [14, 2048] (px)"),
         ])

@@ -15,20 +15,15 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from ovlabel.errors import OvlabelError
+from ovlabel.errors import OvlabelError, SettingError
 
 
 def load_config_file(path: str | Path) -> dict:
     """The nested dict of a TOML or JSON config file; OvlabelError naming the file for anything else."""
+    from ovlabel.io.text import read_user_text
+
     p = Path(path).expanduser()
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise OvlabelError(f"--config '{path}' cannot be read: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise OvlabelError(f"--config '{path}' is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    text = read_user_text(p, "--config file")
     try:
         if p.suffix.lower() == ".toml":
             try:
@@ -73,4 +68,10 @@ def build(cls, values: dict, base: Any = None, where: str = "") -> Any:
             elif not isinstance(value, hints[name]):
                 raise OvlabelError(f"setting {where}{name} must be a table of {hints[name].__name__} settings")
         kwargs[name] = value
-    return dataclasses.replace(base, **kwargs)
+    try:
+        return dataclasses.replace(base, **kwargs)
+    except SettingError as exc:  # named by its dotted setting (``detect.min_crops``) from here up
+        raise exc.under(where) if where else exc from None
+    except TypeError as exc:  # a value of the wrong type that a check compared (``"abc" >= 1``)
+        raise OvlabelError(f"a setting of {where.rstrip('.') or cls.__name__} has a value of the wrong type "
+                           f"({exc})") from None

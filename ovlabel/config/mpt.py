@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ovlabel.config._checks import _check
+from ovlabel.config._checks import _check, memory
 from ovlabel.config._fields import knob
+
+#: ``--max-crops`` at most (28 GiB of crops).
+MAX_CROPS = 200_000
 
 
 @dataclass
@@ -39,13 +42,16 @@ class MptConfig:
 
     def __post_init__(self):
         _check(self, [
-            (self.depth >= 1, "depth", "an integer >= 1 (OVSeg: 3)"),
-            (self.lr > 0, "lr", "a number > 0"),
-            (self.weight_decay >= 0, "weight_decay", "a number >= 0"),
-            (self.batch_size >= 1, "batch_size", "an integer >= 1"),
-            (self.epochs >= 1, "epochs", "an integer >= 1"),
+            (1 <= self.depth <= 48, "depth", "an integer in [1, 48] (OVSeg: 3)"),
+            (0 < self.lr <= 100, "lr", "a number in (0, 100]"),
+            (0 <= self.weight_decay <= 1, "weight_decay", "a number in [0, 1]"),
+            (1 <= self.batch_size <= 65536, "batch_size", "an integer in [1, 65536]"),
+            (1 <= self.epochs <= 10_000, "epochs", "an integer in [1, 10000]"),
             (0.0 < self.fraction <= 1.0, "fraction", "a fraction in (0, 1]"),
-            (self.max_crops >= 1, "max_crops", "an integer >= 1"),
+            (1 <= self.max_crops <= MAX_CROPS, "max_crops",
+             f"an integer in [1, {MAX_CROPS}] (crops are kept in memory as 224 x 224 RGB: {self.max_crops} would "
+             f"take about {memory(max(0, self.max_crops) * 224 * 224 * 3)})"),
+            (0 <= self.seed < 2**63, "seed", "an integer in [0, 2**63)"),
         ])
 
     def result_params(self) -> dict:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ovlabel.config._checks import _check  # noqa: F401  (shared validation)
+from ovlabel.config._checks import _check
 from ovlabel.config._fields import knob
-from ovlabel.config.run import RunConfig
-from ovlabel.errors import OvlabelError
+from ovlabel.config.run import MAX_WORKERS, RunConfig
 
 
 def default_workers(cap: int = 8) -> int:
@@ -58,20 +57,17 @@ class CRFConfig:
                           flag="--soft/--no-soft")
 
     def __post_init__(self):
-        checks = [
-            (self.iterations >= 1, "iterations", "an integer >= 1"),
-            (self.pos_w >= 0, "pos_w", "a number >= 0"),
-            (self.pos_xy_std > 0, "pos_xy_std", "a number > 0 (px)"),
-            (self.bi_w >= 0, "bi_w", "a number >= 0"),
-            (self.bi_xy_std > 0, "bi_xy_std", "a number > 0 (px)"),
-            (self.bi_rgb_std > 0, "bi_rgb_std", "a number > 0 (0-255 colour units)"),
+        _check(self, [
+            (1 <= self.iterations <= 1000, "iterations", "an integer in [1, 1000]"),
+            (0 <= self.pos_w <= 1e6, "pos_w", "a number in [0, 1e6]"),
+            (0 < self.pos_xy_std <= 1e5, "pos_xy_std", "a number in (0, 1e5] (px)"),
+            (0 <= self.bi_w <= 1e6, "bi_w", "a number in [0, 1e6]"),
+            (0 < self.bi_xy_std <= 1e5, "bi_xy_std", "a number in (0, 1e5] (px)"),
+            (0 < self.bi_rgb_std <= 1e4, "bi_rgb_std", "a number in (0, 1e4] (0-255 colour units)"),
             (0 <= self.blur_sigma <= 1, "blur_sigma", "a fraction of the image side in [0, 1]"),
             (self.blur_side in ("long", "short"), "blur_side", "'long' or 'short'"),
             (0 < self.prob_floor < 0.5, "prob_floor", "a probability in (0, 0.5)"),
-        ]
-        for ok, name, accepted in checks:
-            if not ok:
-                raise OvlabelError(f"{name}={getattr(self, name)!r} is invalid: expected {accepted}")
+        ])
 
 
 @dataclass
@@ -88,8 +84,8 @@ class RefineConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.workers is None or self.workers < 1:
-            raise OvlabelError(f"workers={self.workers!r} is invalid: expected an integer >= 1")
+        _check(self, [(self.workers is not None and 1 <= self.workers <= MAX_WORKERS, "workers",
+                       f"an integer in [1, {MAX_WORKERS}] (CRF processes)")])
 
 
 #: Ground-truth layouts ``eval`` knows (see ovlabel/evaluate/layouts.py).
@@ -134,9 +130,8 @@ class EvalConfig:
     progress: bool = knob(True, help="Show a progress bar.")
 
     def __post_init__(self):
-        if self.gt_layout not in GT_LAYOUTS:
-            raise OvlabelError(f"gt_layout={self.gt_layout!r} is invalid: expected one of {', '.join(GT_LAYOUTS)}")
-        if self.resize_pred not in ("none", "nearest"):
-            raise OvlabelError(f"resize_pred={self.resize_pred!r} is invalid: expected 'none' or 'nearest'")
-        if self.workers < 1:
-            raise OvlabelError(f"workers={self.workers!r} is invalid: expected an integer >= 1")
+        _check(self, [
+            (self.gt_layout in GT_LAYOUTS, "gt_layout", f"one of {', '.join(GT_LAYOUTS)}"),
+            (self.resize_pred in ("none", "nearest"), "resize_pred", "'none' or 'nearest'"),
+            (1 <= self.workers <= 256, "workers", "an integer in [1, 256] (threads)"),
+        ])

@@ -6,8 +6,15 @@ from dataclasses import dataclass
 
 from ovlabel.config._checks import _check
 from ovlabel.config._fields import knob
+from ovlabel.io.limits import DEFAULT_MAX_PIXELS
 
 EXECUTORS = ("local", "ray")
+
+#: ``--max-pixels`` bounds: a 32 x 32 image at least, a 2-gigapixel one at most (PIL's own hard limit for a
+#: single image is 2**31 pixels of 1 byte).
+MIN_PIXELS, MAX_PIXELS = 1024, 2_000_000_000
+#: ``--workers`` at most (processes or actors on one machine or cluster)
+MAX_WORKERS = 1024
 
 
 @dataclass
@@ -24,6 +31,10 @@ class RunConfig:
       local Ray instance.
     - ``rehash``: read and hash every input again (by default a file whose size, modification and change
       times and inode are those it was hashed with keeps its hash: :mod:`ovlabel.engine.cache`).
+    - ``max_pixels``: an input image with more pixels (width x height) is recorded as skipped, found from its
+      header without decoding it (ovlabel's own limit, in place of PIL's decompression-bomb warning;
+      docs/troubleshooting.md). It selects inputs, not how they are labelled, so it is not part of a run's
+      settings: raising it later labels the images it skipped, lowering it drops them.
     """
 
     overwrite: bool = knob(False, help="Redo images already done in the output (also allows new settings).",
@@ -39,17 +50,23 @@ class RunConfig:
                                    shown="$RAY_ADDRESS, else a local Ray instance")
     rehash: bool = knob(False, help="Read and hash every input image again, instead of trusting the content hash "
                         "of a file whose size, times and inode are unchanged since the last run.", flag="--rehash")
+    max_pixels: int = knob(DEFAULT_MAX_PIXELS, help="Skip (and record) input images with more pixels than this, "
+                           "found from the header without decoding them.")
 
     def __post_init__(self):
         _check(self, [
             (self.executor in EXECUTORS, "executor", " or ".join(EXECUTORS)),
-            (self.workers is None or self.workers >= 1, "workers", "an integer >= 1"),
+            (self.workers is None or 1 <= self.workers <= MAX_WORKERS, "workers",
+             f"an integer in [1, {MAX_WORKERS}] (one worker process or actor each)"),
+            (MIN_PIXELS <= self.max_pixels <= MAX_PIXELS, "max_pixels",
+             f"an integer in [{MIN_PIXELS}, {MAX_PIXELS}] (pixels; {MAX_PIXELS // 10**9} gigapixels decode to "
+             f"{MAX_PIXELS * 3 // 2**30} GiB of RGB)"),
         ])
 
     def execution(self) -> dict:
         """The engine's execution settings (:class:`ovlabel.engine.Stage` fields)."""
         return {"executor": self.executor, "workers": self.workers, "ray_address": self.ray_address,
-                "devices": (), "rehash": self.rehash}
+                "devices": (), "rehash": self.rehash, "max_pixels": self.max_pixels}
 
 
 @dataclass

@@ -4,10 +4,25 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ovlabel.config._checks import _check
+from ovlabel.config._checks import _check, memory
 from ovlabel.config._fields import knob
 from ovlabel.config.run import ModelRunConfig
-from ovlabel.errors import OvlabelError
+from ovlabel.errors import SettingError
+
+#: Largest Stage 1.1 over-sampling resolution (short side, px).
+MAX_RESOLUTION = 8192
+
+
+def oversampled_memory(resolution: int, max_aspect: float) -> str:
+    """``"; 20000 px takes about 42 GiB ..."`` for a resolution above :data:`MAX_RESOLUTION`, else ``""``: the
+    over-sampled float32 RGB image plus CLIP's stitched feature map (768 floats per 14-px patch) of one
+    image at the largest aspect ratio allowed, the memory such a value would need."""
+    if not isinstance(resolution, int) or resolution <= MAX_RESOLUTION:
+        return ""
+    long_side = resolution * max(1.0, float(max_aspect))
+    need = resolution * long_side * (3 * 4 + 768 * 4 / 14**2)
+    return (f"; {resolution} px would take about {memory(need)} for one image (the over-sampled float32 image "
+            f"and CLIP's feature map, long side up to --max-aspect {max_aspect:g} x that)")
 
 
 @dataclass(frozen=True)
@@ -46,15 +61,16 @@ class DetectConfig:
 
     def __post_init__(self):
         checks = [
-            (self.resolution >= 16, "resolution", "an integer >= 16 (px)"),
-            (self.crop_size is None or self.crop_size >= 16, "crop_size", "an integer >= 16 (px)"),
+            (16 <= self.resolution <= MAX_RESOLUTION, "resolution",
+             f"an integer in [16, {MAX_RESOLUTION}] (px){oversampled_memory(self.resolution, self.max_aspect)}"),
+            (self.crop_size is None or 16 <= self.crop_size <= 2048, "crop_size", "an integer in [16, 2048] (px)"),
             (0.0 <= self.overlap < 1.0, "overlap", "a fraction in [0, 1)"),
-            (self.max_aspect >= 1.0, "max_aspect", "a number >= 1"),
-            (self.min_crops >= 1, "min_crops", "an integer >= 1"),
+            (1.0 <= self.max_aspect <= 64.0, "max_aspect", "a number in [1, 64]"),
+            (self.min_crops >= 1, "min_crops", "an integer >= 1 (crops)"),
             (0.0 <= self.min_valid <= 1.0, "min_valid", "a fraction of the crop in [0, 1]"),
-            (self.points_per_class >= 1, "points_per_class", "an integer >= 1"),
-            (self.clip_batch_size >= 1, "clip_batch_size", "an integer >= 1"),
-            (self.sam_batch_size >= 1, "sam_batch_size", "an integer >= 1"),
+            (1 <= self.points_per_class <= 256, "points_per_class", "an integer in [1, 256]"),
+            (1 <= self.clip_batch_size <= 4096, "clip_batch_size", "an integer in [1, 4096]"),
+            (1 <= self.sam_batch_size <= 256, "sam_batch_size", "an integer in [1, 256]"),
         ]
         _check(self, checks)
 
@@ -113,16 +129,19 @@ class AutoMaskConfig:
 
     def __post_init__(self):
         _check(self, [
-            (self.points_per_side >= 1, "points_per_side", "an integer >= 1"),
-            (self.points_per_batch >= 1, "points_per_batch", "an integer >= 1"),
+            (1 <= self.points_per_side <= 256, "points_per_side", "an integer in [1, 256] (a grid of up to 65536 "
+             "prompts)"),
+            (1 <= self.points_per_batch <= 4096, "points_per_batch",
+             f"an integer in [1, 4096] (each prompt holds 3 low-resolution masks of 256 x 256 float32: "
+             f"{memory(max(1, self.points_per_batch) * 3 * 256 * 256 * 4)} for {self.points_per_batch})"),
             (-1.0 <= self.pred_iou_thresh <= 1.0, "pred_iou_thresh", "a number in [-1, 1] (0.88 = 88%)"),
             (0.0 <= self.stability_score_thresh <= 1.0, "stability_score_thresh", "a number in [0, 1]"),
             (self.stability_score_offset >= 0.0, "stability_score_offset", "a number >= 0"),
             (0.0 < self.box_nms_thresh <= 1.0, "box_nms_thresh", "a number in (0, 1]"),
             (0.0 <= self.min_area < 1.0, "min_area", "a fraction of the image in [0, 1)"),
             (self.min_area < self.max_area <= 1.0, "max_area", f"a fraction in (min_area={self.min_area}, 1]"),
-            (self.min_region_area >= 0, "min_region_area", "an integer >= 0 (pixels)"),
-            (self.skip_stride >= 2, "skip_stride", "an integer >= 2 (grid points)"),
+            (0 <= self.min_region_area <= 10**9, "min_region_area", "an integer in [0, 10**9] (pixels)"),
+            (2 <= self.skip_stride <= 256, "skip_stride", "an integer in [2, 256] (grid points)"),
         ])
 
     def result_params(self) -> dict:
@@ -181,7 +200,7 @@ class ClassifyConfig:
             (self.classifier in CLASSIFIERS, "classifier", " or ".join(CLASSIFIERS)),
             (0.0 <= self.ensemble_lambda <= 1.0, "ensemble_lambda", "a number in [0, 1]"),
             (self.crop_shape in CROP_SHAPES, "crop_shape", " or ".join(CROP_SHAPES)),
-            (self.top_k >= 1, "top_k", "an integer >= 1"),
+            (1 <= self.top_k <= 1000, "top_k", "an integer in [1, 1000]"),
         ])
 
     @property
@@ -224,6 +243,7 @@ class MergeConfig:
     def __post_init__(self):
         _check(self, [
             (0.0 <= self.stage12_ratio <= 1.0, "stage12_ratio", "a fraction in [0, 1]"),
+            (0 <= self.seed < 2**63, "seed", "an integer in [0, 2**63)"),
             (self.paint in PAINT_POLICIES, "paint", " or ".join(PAINT_POLICIES)),
         ])
 
@@ -236,11 +256,11 @@ STAGES = ("1.1", "1.2")
 
 
 def parse_stages(text: str) -> tuple[str, ...]:
-    """``"1.1,1.2"`` -> ``("1.1", "1.2")``; raises OvlabelError naming the bad value."""
+    """``"1.1,1.2"`` -> ``("1.1", "1.2")``; raises SettingError (``stages``) naming the bad value."""
     items = [t.strip() for t in str(text).split(",") if t.strip()]
     bad = [t for t in items if t not in STAGES]
     if bad or not items:
-        raise OvlabelError(f"--stages {text!r} is invalid: expected a comma list of {', '.join(STAGES)}")
+        raise SettingError("stages", text, f"a comma list of {', '.join(STAGES)}")
     return tuple(s for s in STAGES if s in items)
 
 
@@ -285,9 +305,10 @@ class PseudoLabelConfig(ModelRunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(self, [(self.captions_missing in ("all", "none"), "captions_missing", "all or none")])
-        if self.image_batch < 1:
-            raise OvlabelError(f"image_batch={self.image_batch!r} is invalid: expected an integer >= 1")
+        _check(self, [
+            (self.captions_missing in ("all", "none"), "captions_missing", "all or none"),
+            (1 <= self.image_batch <= 1024, "image_batch", "an integer in [1, 1024] (images in flight)"),
+        ])
         if isinstance(self.stages, str):
             self.stages = parse_stages(self.stages)
         else:

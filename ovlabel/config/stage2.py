@@ -4,9 +4,22 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ovlabel.config._checks import _check
+from ovlabel.config._checks import _check, memory
 from ovlabel.config._fields import knob
 from ovlabel.config.run import ModelRunConfig
+
+#: Largest input side of the frozen vision encoder in train-align (short side) and segment (window), px.
+MAX_ENCODER_RESOLUTION = 2048
+
+
+def attention_memory(side: int, aspect: float) -> str:
+    """``"; 4096 px would take ..."`` for an encoder input above :data:`MAX_ENCODER_RESOLUTION`, else ``""``:
+    one float32 attention map over its 14-px patch tokens (what one head of one layer holds)."""
+    if not isinstance(side, int) or side <= MAX_ENCODER_RESOLUTION:
+        return ""
+    tokens = (side / 14) ** 2 * max(1.0, float(aspect))
+    return (f"; {side} px would take about {memory(tokens * tokens * 4)} for one attention map of the vision "
+            f"encoder ({tokens:,.0f} patch tokens)")
 
 
 @dataclass
@@ -85,26 +98,29 @@ class TrainAlignConfig:
         if self.text_encoder in ("", "clip"):
             self.text_encoder = None  # CLIP's text tower
         _check(self, [
-            (self.resolution >= 14, "resolution", "an integer >= 14 (px)"),
-            (self.max_aspect >= 1.0, "max_aspect", "a number >= 1"),
-            (self.epochs >= 1, "epochs", "an integer >= 1"),
-            (self.batch_size >= 1, "batch_size", "an integer >= 1"),
-            (self.lr > 0, "lr", "a number > 0"),
+            (14 <= self.resolution <= MAX_ENCODER_RESOLUTION, "resolution",
+             f"an integer in [14, {MAX_ENCODER_RESOLUTION}] (px){attention_memory(self.resolution, self.max_aspect)}"),
+            (1.0 <= self.max_aspect <= 16.0, "max_aspect", "a number in [1, 16]"),
+            (1 <= self.epochs <= 10_000, "epochs", "an integer in [1, 10000]"),
+            (1 <= self.batch_size <= 4096, "batch_size", "an integer in [1, 4096] (images per step)"),
+            (0 < self.lr <= 100, "lr", "a number in (0, 100]"),
             (0.0 <= self.momentum < 1.0, "momentum", "a number in [0, 1)"),
-            (self.weight_decay >= 0, "weight_decay", "a number >= 0"),
-            (self.temperature > 0, "temperature", "a number > 0"),
+            (0 <= self.weight_decay <= 1, "weight_decay", "a number in [0, 1]"),
+            (0 < self.temperature <= 100, "temperature", "a number in (0, 100]"),
             (self.loss_norm in ("batch", "literal"), "loss_norm", "'batch' or 'literal'"),
             (0.0 <= self.min_labelled <= 1.0, "min_labelled", "a fraction in [0, 1]"),
-            (self.num_heads is None or self.num_heads >= 1, "num_heads", "an integer >= 1"),
-            (self.mlp_ratio > 0, "mlp_ratio", "a number > 0"),
-            (self.encoder_batch >= 1, "encoder_batch", "an integer >= 1"),
+            (self.num_heads is None or 1 <= self.num_heads <= 256, "num_heads", "an integer in [1, 256]"),
+            (0 < self.mlp_ratio <= 64, "mlp_ratio", "a number in (0, 64]"),
+            (1 <= self.encoder_batch <= 4096, "encoder_batch", "an integer in [1, 4096]"),
             (self.head in ("fmbseg", "fusioner"), "head", "fmbseg or fusioner"),
             (self.vision_encoder in ("dinov2", "clip"), "vision_encoder", "dinov2 or clip"),
-            (self.fusion_width >= 1 and self.fusion_heads >= 1 and self.fusion_width % self.fusion_heads == 0,
-             "fusion_width", f"a multiple of fusion_heads={self.fusion_heads}"),
-            (self.fusion_layers >= 1, "fusion_layers", "an integer >= 1"),
-            (self.fusion_lr > 0, "fusion_lr", "a number > 0"),
-            (self.fusion_weight_decay >= 0, "fusion_weight_decay", "a number >= 0"),
+            (1 <= self.fusion_heads <= 256, "fusion_heads", "an integer in [1, 256]"),
+            (1 <= self.fusion_width <= 16384 and self.fusion_width % self.fusion_heads == 0,
+             "fusion_width", f"a multiple of fusion_heads={self.fusion_heads} in [1, 16384]"),
+            (1 <= self.fusion_layers <= 256, "fusion_layers", "an integer in [1, 256]"),
+            (0 < self.fusion_lr <= 100, "fusion_lr", "a number in (0, 100]"),
+            (0 <= self.fusion_weight_decay <= 1, "fusion_weight_decay", "a number in [0, 1]"),
+            (0 <= self.seed < 2**63, "seed", "an integer in [0, 2**63)"),
         ])
 
     def result_params(self) -> dict:
@@ -175,14 +191,16 @@ class SegmentConfig(ModelRunConfig):
     def __post_init__(self):
         super().__post_init__()
         _check(self, [
-            (self.resolution is None or self.resolution >= 14, "resolution", "an integer >= 14 (px)"),
-            (self.window is None or self.window == 0 or self.window >= 14, "window", "0 (whole image) or >= 14 (px)"),
-            (self.stride is None or self.stride >= 1, "stride", "an integer >= 1 (px)"),
+            (self.resolution is None or 14 <= self.resolution <= 8192, "resolution", "an integer in [14, 8192] (px)"),
+            (self.window is None or self.window == 0 or 14 <= self.window <= MAX_ENCODER_RESOLUTION, "window",
+             f"0 (whole image) or an integer in [14, {MAX_ENCODER_RESOLUTION}] (px)"
+             f"{attention_memory(self.window or 0, 1.0)}"),
+            (self.stride is None or 1 <= self.stride <= 8192, "stride", "an integer in [1, 8192] (px)"),
             (self.bg_threshold is None or 0.0 <= self.bg_threshold <= 1.0, "bg_threshold", "a probability in [0, 1]"),
-            (self.logit_scale is None or self.logit_scale > 0, "logit_scale", "a number > 0"),
+            (self.logit_scale is None or 0 < self.logit_scale <= 1e4, "logit_scale", "a number in (0, 1e4]"),
             (self.area_threshold is None or 0.0 <= self.area_threshold <= 1.0, "area_threshold",
              "a fraction in [0, 1]"),
-            (self.image_batch >= 1, "image_batch", "an integer >= 1"),
+            (1 <= self.image_batch <= 1024, "image_batch", "an integer in [1, 1024]"),
         ])
         if self.protocol is not None:
             from ovlabel.protocols import get_protocol

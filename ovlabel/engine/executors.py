@@ -64,6 +64,7 @@ class RemoteWorker:
         import sys
 
         self.worker = stage.worker(device)
+        self.max_pixels = stage.max_pixels
         if threads and "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
         self._seen = (Counter(), Counter())
@@ -81,7 +82,7 @@ class RemoteWorker:
                 data, sha = read_file(w.item.path)
                 if sha != w.sha256:
                     raise ImageDecodeError(f"image changed during the run (sha256 {sha[:12]} != {w.sha256[:12]})")
-                images.append(decode_image(data))
+                images.append(decode_image(data, self.max_pixels))
                 todo.append(i)
             except ImageDecodeError as exc:
                 results[i] = str(exc)

@@ -14,6 +14,7 @@ from pathlib import Path
 from ovlabel.artifacts import RunLayout, label_names, open_complete_run, read_manifest
 from ovlabel.errors import OvlabelError
 from ovlabel.io.lock import ignorable
+from ovlabel.io.names import image_path, recorded_path, stored_name
 
 
 @dataclass
@@ -24,7 +25,9 @@ class Item:
     - ``label_file``: its label map, relative to the run directory (``labels/<name>.png``).
     - ``sha256``: the content hash it must have (an image of a parent run), or None (read it to know).
     - ``classes``: vocabulary indices the image may take (None = the whole vocabulary).
-    - ``reason``: why it failed before any work (it failed in the parent run), else None.
+    - ``reason``: why it failed or is skipped before any work (a folder that cannot be searched, not a
+      regular file, failed in the parent run), else None; ``status``: the manifest status it then gets
+      (``failed`` or ``skipped``).
     - ``parent``: stage-specific inputs from a parent run (``refine``: its label map and soft map paths).
     """
 
@@ -36,6 +39,7 @@ class Item:
     classes: tuple[int, ...] | None = None
     reason: str | None = None
     parent: dict = field(default_factory=dict)
+    status: str = "failed"
 
 
 @dataclass
@@ -67,8 +71,12 @@ def from_images(inputs: str | Path, exclude: Path | None = None) -> Inputs:
 
     source = discover_images(inputs, exclude=exclude)
     names = label_names([e.rel for e in source.entries])
-    items = [Item(i, e.rel, e.path, f"labels/{names[e.rel]}") for i, e in enumerate(source.entries, start=1)]
-    info = {"path": str(Path(inputs).expanduser().resolve()), "kind": source.kind, "root": str(source.root)}
+    items = [Item(i, e.rel, e.path, f"labels/{names[e.rel]}", reason=e.reason, status=e.status)
+             for i, e in enumerate(source.entries, start=1)]
+    info = {"path": stored_name(str(Path(inputs).expanduser().resolve())), "kind": source.kind,
+            "root": stored_name(str(source.root))}
+    if source.not_searched:
+        info["not_searched"] = dict(sorted(source.not_searched.items()))
     return Inputs(items, source.root, info)
 
 
@@ -81,14 +89,20 @@ def from_run(run_dir: str | Path, images: str | Path | None = None) -> Inputs:
     recorded = (doc.get("input") or {}).get("root")
     if not images and not recorded:
         raise OvlabelError(f"run '{parent}' does not record its image folder; pass --images")
-    root = Path(images).expanduser().resolve() if images else Path(recorded)
-    rows = read_manifest(layout.manifest)
+    root = Path(images).expanduser().resolve() if images else recorded_path(recorded)
+    try:
+        rows = read_manifest(layout.manifest)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise OvlabelError(f"the manifest of run '{parent}' cannot be read ({type(exc).__name__}: {exc}); rerun "
+                           f"the command that made the run to rebuild it") from None
     items = []
     for r in rows:
         label_file = r["label_file"] or f"labels/{label_names([r['file']])[r['file']]}"
-        reason = None if r["status"] == "ok" else _parent_failure(r["reason"])
-        items.append(Item(r["image_id"], r["file"], root / r["file"], label_file, r["sha256"], reason=reason))
-    info = {"path": str(parent), "kind": "run", "root": str(root)}
+        reason = None if r["status"] == "ok" else _parent_reason(r["status"], r["reason"])
+        status = "skipped" if r["status"] == "skipped" else "failed"
+        items.append(Item(r["image_id"], r["file"], image_path(root, r["file"]), label_file, r["sha256"],
+                          reason=reason, status=status))
+    info = {"path": stored_name(str(parent)), "kind": "run", "root": stored_name(str(root))}
     return Inputs(items, root, info, layout, doc, rows)
 
 
@@ -107,10 +121,43 @@ def restrict_to_captions(inputs: Inputs, captions: str | Path, vocab, missing: s
     return found.info | {"images_by_reason": dict(sorted(Counter(found.reasons.values()).items()))}
 
 
-def _parent_failure(reason: str | None) -> str:
-    """A parent run's failure reason as this run's (once: a chain of runs does not repeat the prefix)."""
-    prefix = "failed in the parent run: "
+def _parent_reason(status: str, reason: str | None) -> str:
+    """A parent run's failure (or skip) reason as this run's (once: a chain of runs does not repeat the
+    prefix)."""
+    prefix = f"{status} in the parent run: "
     return reason if (reason or "").startswith(prefix) else prefix + str(reason)
+
+
+def ensure_writable(out: Path) -> None:
+    """Create the run directory ``out`` (resolved) if needed and make sure a file can be created in it:
+    a read-only file system, a folder without write permission or a full disk is reported now, as an
+    :class:`~ovlabel.errors.OutputError` with exit status 2, before any work."""
+    import errno
+    import tempfile
+
+    from ovlabel.errors import OutputError
+    from ovlabel.io.atomic import write_fault
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(_first_missing(out) if exc.errno != errno.EEXIST else out, exc, doing="create",
+                          exit_code=2) from None
+    try:
+        write_fault(".ovlabel-probe")  # the testing hook of ovlabel.io.atomic (a read-only disk, simulated)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".ovlabel-probe.", suffix=".tmp") as fh:
+            fh.write(b"x")
+            fh.flush()
+    except OSError as exc:
+        raise OutputError(out, exc, doing="write into", exit_code=2) from None
+
+
+def _first_missing(out: Path) -> Path:
+    """The outermost folder of ``out`` that does not exist (the one that could not be created)."""
+    for p in reversed((out, *out.parents)):
+        if not p.exists():
+            return p
+    return out
 
 
 def check_output_dir(out: Path, inputs: Inputs) -> None:

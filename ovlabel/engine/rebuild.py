@@ -85,6 +85,9 @@ def rebuild(layout: RunLayout, stage, store: PartStore, rows: list[dict], ids: d
         on_disk = read_manifest(layout.manifest)
     except FileNotFoundError:
         on_disk = None
+    except (OSError, ValueError, KeyError) as exc:  # damaged: rewritten from the parts below
+        print(f"warning: damaged {layout.manifest} ({type(exc).__name__}): rewriting it", file=sys.stderr)
+        on_disk, trusted = None, False
     summary.changes = image_changes(on_disk, rows) if on_disk is not None else {}
     paint = {r["file"]: paint_id(key, ids[r["file"]]) for r in ok}
     last_sha = {r["file"]: r["sha256"] for r in on_disk or []}
@@ -197,14 +200,15 @@ def write_overlays(layout: RunLayout, image_root: Path, rows: list[dict], class_
     from ovlabel.errors import ImageDecodeError
     from ovlabel.io.atomic import atomic_path
     from ovlabel.io.images import decode_image, read_file
+    from ovlabel.io.names import image_path
     from ovlabel.overlays import render_overlay
 
     written = 0
     for row in rows:
         dest = overlay_path(layout, row["label_file"])
         try:
-            data, _ = read_file(Path(image_root) / row["file"])
-            image = decode_image(data)
+            data, _ = read_file(image_path(image_root, row["file"]))
+            image = decode_image(data, max_pixels=None)  # a labelled image: the run let it through
         except ImageDecodeError as exc:
             print(f"warning: no overlay for {row['file']}: {exc}", file=sys.stderr)
             continue

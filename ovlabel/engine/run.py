@@ -9,6 +9,8 @@ from the parts and marks the run complete. A killed run loses at most the batche
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,13 +20,13 @@ from ovlabel.artifacts import RunLayout, write_soft_map
 from ovlabel.engine import provenance
 from ovlabel.engine.cache import RunCache, file_stat
 from ovlabel.engine.executors import InlineExecutor, ProcessExecutor
-from ovlabel.engine.inputs import check_output_dir
+from ovlabel.engine.inputs import check_output_dir, ensure_writable
 from ovlabel.engine.rebuild import rebuild, write_label
 from ovlabel.engine.stage import Output, Stage, Work, Worker
 from ovlabel.engine.store import PartStore, paint_id
 from ovlabel.engine.summary import RunSummary
-from ovlabel.errors import ImageDecodeError, OvlabelError
-from ovlabel.io.images import decode_image, read_file
+from ovlabel.errors import ImageDecodeError, ImageSkipped, OutputError, OvlabelError
+from ovlabel.io.images import decode_image, pixel_limit_reason, probe_image, read_file, read_input
 from ovlabel.io.lock import remove_stale_temps, run_lock
 
 
@@ -41,14 +43,14 @@ def execute(stage: Stage, out: str | Path, worker: Callable[[], Worker] | None =
     layout = RunLayout(out)
     check_output_dir(out, stage.inputs)
     key, keys = stage.key, stage.keys
-    out.mkdir(parents=True, exist_ok=True)
-    with run_lock(out, stage.command):
-        prev = layout.read_run_json()
+    ensure_writable(out)
+    with run_lock(out, stage.command), _os_errors(out):
+        prev, damaged = provenance.read_previous(layout)
         trusted = bool(prev) and prev.get("status") == "complete"
         if not trusted:
             remove_stale_temps(out)  # left by a killed predecessor
-        reasons = provenance.recompute_reasons(prev, stage.settings, key, keys, stage.overwrite,
-                                               stage.rebuild_stages, out, stage.refusal_hint)
+        reasons = damaged + provenance.recompute_reasons(prev, stage.settings, key, keys, stage.overwrite,
+                                                         stage.rebuild_stages, out, stage.refusal_hint)
         if stage.overwrite:
             for k in keys.values():
                 shutil.rmtree(layout.parts / k, ignore_errors=True)
@@ -57,12 +59,15 @@ def execute(stage: Stage, out: str | Path, worker: Callable[[], Worker] | None =
         doc = provenance.start(layout, prev, stage.command, stage.inputs.info, stage.settings, key, keys, stage.extra)
 
         summary = RunSummary(out=out, total=len(stage.inputs.items), reasons=reasons, verb=stage.verb,
-                             soft=stage.soft_inputs or 0)
+                             soft=stage.soft_inputs or 0, not_searched=stage.inputs.info.get("not_searched") or {})
         store = PartStore(layout, keys)
         cache = RunCache(layout)
         executor = make_executor(stage, worker)
         rows, ids, stats = _label_all(stage, layout, store, cache, executor, summary)
         report = executor.close()
+        if store.damaged:
+            summary.reasons.append(f"{len(store.damaged)} damaged part file{'s' if len(store.damaged) > 1 else ''} "
+                                   f"(unreadable or truncated): recomputed like missing ones")
         summary.stats, summary.timings = report.stats, report.timings
         rebuild(layout, stage, store, rows, ids, stats, summary, doc, trusted, cache)
         models = stage.refresh_models(report.identities or None, doc)
@@ -81,6 +86,19 @@ def execute(stage: Stage, out: str | Path, worker: Callable[[], Worker] | None =
 
 def _resolved(device: str) -> str | None:
     return None if device == "auto" else device
+
+
+@contextlib.contextmanager
+def _os_errors(out: Path):
+    """A file-system error on the run directory's own files (removing stale files, pruning) as one
+    :class:`OutputError` line naming the path (exit 1); atomic writes raise it themselves."""
+    try:
+        yield
+    except OSError as exc:
+        where = Path(os.fsdecode(exc.filename)) if exc.filename else None
+        if where is None or not (where == out or out in where.parents):
+            raise
+        raise OutputError(where, exc, doing="update") from None
 
 
 def _label_all(stage: Stage, layout: RunLayout, store: PartStore, cache: RunCache, executor, summary: RunSummary):
@@ -103,8 +121,8 @@ def _label_all(stage: Stage, layout: RunLayout, store: PartStore, cache: RunCach
             "status": status, "reason": reason, "label_file": item.label_file if status == "ok" else None,
             "num_masks": n,
         }
-        if status == "failed":
-            summary.failures.append((item.file, reason))
+        if status != "ok":
+            (summary.skipped if status == "skipped" else summary.failures).append((item.file, reason))
         bar.update(1)
         bar.set_postfix(new=summary.new, done=summary.reused, failed=len(summary.failures), refresh=False)
 
@@ -125,24 +143,30 @@ def _label_all(stage: Stage, layout: RunLayout, store: PartStore, cache: RunCach
         return None
 
     def load(item):
-        """Read (and, for an inline executor, decode) one item: ``(item, sha, work or None, image, error)``."""
+        """Read (and, for an inline executor, decode) one item: ``(item, sha, work or None, image, error,
+        status)``; ``error`` is why it fails (``status`` "failed") or is skipped (``status`` "skipped")."""
         try:
-            data, sha = read_file(item.path)
+            data, sha = read_input(item.path)
         except ImageDecodeError as exc:
-            return item, item.sha256, None, None, str(exc)
+            return item, item.sha256, None, None, str(exc), "failed"
         if item.sha256 and sha != item.sha256:
             return item, item.sha256, None, None, (f"image changed since the parent run (sha256 {sha[:12]} != "
-                                                   f"{item.sha256[:12]})")
+                                                   f"{item.sha256[:12]})"), "failed"
+        try:  # the header alone: an animated or too large image is skipped without decoding it
+            probe_image(item.path if data is None else data, stage.max_pixels)
+        except ImageDecodeError as exc:
+            return item, sha, None, None, str(exc), "skipped" if isinstance(exc, ImageSkipped) else "failed"
         needs = _needs(stage.part_ids(item, sha), item)
         if not needs:
-            return item, sha, None, None, None
+            return item, sha, None, None, None, "ok"
         work = Work(item, sha, frozenset(needs))
         if not executor.wants_images:
-            return item, sha, work, None, None
+            return item, sha, work, None, None, "ok"
         try:
-            return item, sha, work, decode_image(data), None
+            data = read_file(item.path)[0] if data is None else data
+            return item, sha, work, decode_image(data, stage.max_pixels), None, "ok"
         except ImageDecodeError as exc:
-            return item, sha, None, None, str(exc)
+            return item, sha, None, None, str(exc), "skipped" if isinstance(exc, ImageSkipped) else "failed"
 
     def reused(item, sha):
         """``item`` was done in an earlier run; its label map is checked in the rebuild."""
@@ -153,22 +177,26 @@ def _label_all(stage: Stage, layout: RunLayout, store: PartStore, cache: RunCach
         else:
             counts, w, h = store.info(ids[item.file])
             n = stage.merged_count(counts)
+        too_large = pixel_limit_reason(w, h, stage.max_pixels)  # --max-pixels lowered since it was labelled
+        if too_large:
+            record(item, sha, "skipped", too_large)
+            return
         summary.reused += 1
         record(item, sha, "ok", width=w, height=h, n=n)
 
     def works():
         todo = []
         for item in stage.inputs.items:
-            if item.reason:
-                record(item, item.sha256, "failed", item.reason)
+            if item.reason:  # a folder that cannot be searched, not a regular file, failed in the parent run
+                record(item, item.sha256, item.status, item.reason)
             elif (sha := done_before(item)) is not None:
                 reused(item, sha)
             else:
                 todo.append(item)
         with ThreadPoolExecutor(max_workers=2) as pool:
-            for item, sha, work, image, error in _prefetch(pool, load, todo, 2 * stage.batch_size):
+            for item, sha, work, image, error, status in _prefetch(pool, load, todo, 2 * stage.batch_size):
                 if error is not None:
-                    record(item, sha, "failed", error)
+                    record(item, sha, status, error)
                 elif work is None:
                     reused(item, sha)
                 else:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ovlabel.artifacts import RunLayout
 from ovlabel.engine.inputs import Inputs, Item
+from ovlabel.io.limits import DEFAULT_MAX_PIXELS
 from ovlabel.masks import MaskSet
 
 
@@ -86,6 +87,7 @@ class Stage:
       ``soft_inputs``: images whose stage reads a stored soft map (``refine``), None where that does not apply;
       ``rehash``: read and hash every input file again instead of trusting the cache's hash of an unchanged
       file (:mod:`ovlabel.engine.cache`).
+    - ``max_pixels``: inputs with more pixels are skipped (``--max-pixels``; None = no limit).
     """
 
     command: str
@@ -113,6 +115,7 @@ class Stage:
     soft_inputs: int | None = None
     inputs: Inputs | None = None
     rehash: bool = False
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     # -- what subclasses define -----------------------------------------------------------------------
     def worker(self, device: str) -> Worker:

@@ -221,7 +221,9 @@ def _coco_dir(root: Path, split: str) -> tuple[Path, bool] | None:
 def _split_ids(list_file: Path) -> list[str]:
     if not list_file.is_file():
         raise OvlabelError(f"split file '{list_file}' does not exist; is --split right?")
-    return [ln.strip() for ln in list_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    from ovlabel.io.text import read_user_text
+
+    return [ln.strip() for ln in read_user_text(list_file, "split file").split("\n") if ln.strip()]
 
 
 def _from_list(folder: Path, ids: list[str], what: str) -> dict[str, Path]:

@@ -28,7 +28,7 @@ class Prediction:
     root: Path
     files: dict[str, Path]
     classes: ClassList | None
-    failed: dict[str, str] = field(default_factory=dict)  # key -> reason (run images that failed)
+    failed: dict[str, str] = field(default_factory=dict)  # key -> "failed/skipped in the run: reason"
 
 
 @dataclass
@@ -84,15 +84,15 @@ def load_prediction(path: str | Path, pred_classes: str | None) -> Prediction:
         files, failed = {}, {}
         for r in read_manifest(layout.manifest):
             key = stem_key(r["file"])
-            if key in files or key in failed:
+            if r["status"] != "ok":  # failed or skipped (a folder, an animated image, ...): has no prediction
+                failed.setdefault(key, f"{r['status']} in the run: {r['reason']}")
+                continue
+            if key in files:
                 raise OvlabelError(
                     f"run '{root}' has two images named '{key}' apart from their suffix ({r['file']}); "
                     f"ground truth is matched by name, so rename one"
                 )
-            if r["status"] == "ok":
-                files[key] = root / r["label_file"]
-            else:
-                failed[key] = r["reason"]
+            files[key] = root / r["label_file"]
         return Prediction("run", root, files, ClassList.from_json(doc["settings"]["vocabulary"]), failed)
     files = {stem_key(rel): root / rel for rel in find_pngs(root)}
     if not files:
@@ -148,7 +148,7 @@ def evaluate(pred: str | Path, gt: str | Path, cfg: EvalConfig) -> EvalResult:
         why = prediction.failed.get(missing[0])
         raise OvlabelError(
             f"{len(missing)} of {len(truth.files)} ground-truth images have no prediction, e.g. '{missing[0]}'"
-            + (f" (failed in the run: {why})" if why else "")
+            + (f" ({why})" if why else "")
             + "; pass --allow-missing to score the others (the report lists the missing ones)"
         )
 

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from ovlabel.artifacts import IGNORE_INDEX, RunLayout, label_names, open_complete_run, read_label_png, read_manifest
 from ovlabel.config.export import ExportConfig
 from ovlabel.errors import OvlabelError
+from ovlabel.io.names import image_path, recorded_path
 from ovlabel.masks import MaskSet, _to_bytes_rle
 
 SPLITS = ("train", "val")
@@ -241,13 +242,13 @@ def open_run(run_dir: str | os.PathLike, cfg: ExportConfig) -> ExportRun:
     rows = sorted(read_manifest(layout.manifest), key=lambda r: r["image_id"])
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
-        raise OvlabelError(f"run '{run_dir}' has no labelled image ({len(rows)} failed); nothing to export")
+        raise OvlabelError(f"run '{run_dir}' has no labelled image ({len(rows)} failed or skipped); nothing to export")
     image_root = _image_root(doc, cfg, run_dir)
     classmap = ClassMap.build(names, cfg.classes, cfg.rename)
     stems = output_stems([r["file"] for r in ok])
     items = [
         ExportItem(r["image_id"], r["file"], r["sha256"], r["width"], r["height"], layout.root / r["label_file"],
-                   image_root / r["file"], stems[r["file"]], split_of(r["sha256"], cfg.seed, cfg.split),
+                   image_path(image_root, r["file"]), stems[r["file"]], split_of(r["sha256"], cfg.seed, cfg.split),
                    classmap, cfg.min_score)
         for r in ok
     ]
@@ -269,7 +270,7 @@ def _image_root(doc: dict, cfg: ExportConfig, run_dir) -> Path:
     recorded = (doc.get("input") or {}).get("root")
     if not recorded:
         raise OvlabelError(f"run '{run_dir}' does not record its image folder (run.json input.root); pass --image-root")
-    return Path(recorded)
+    return recorded_path(recorded)
 
 
 def check_images(run: ExportRun, mode: str) -> None:

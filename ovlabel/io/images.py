@@ -1,122 +1,36 @@
-"""Finding and decoding input images.
+"""Reading and decoding input images (finding them: :mod:`ovlabel.io.discover`).
 
-Inputs are a folder (searched recursively), a text file listing image paths, or a single image file.
 Decoding applies the EXIF orientation and converts every mode PIL can open (grayscale, RGBA, palette, CMYK,
 16-bit, float) to 8-bit RGB. A file that cannot be decoded raises :class:`ImageDecodeError` with a short
-reason; callers record it and go on.
+reason; callers record it and go on. What ovlabel does not label by rule (an animated GIF, PNG or WebP;
+more pixels than the run's ``max_pixels``) raises :class:`ImageSkipped`, found from the file's header
+alone (:func:`probe_image`): a 144-megapixel image is skipped without decoding it. ovlabel applies its own
+pixel limit in place of PIL's decompression-bomb warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
-from dataclasses import dataclass
+import threading
 from pathlib import Path
 
 import numpy as np
 
-from ovlabel.errors import ImageDecodeError, OvlabelError
+from ovlabel.errors import ImageDecodeError, ImageSkipped
+from ovlabel.io.discover import IMAGE_EXTENSIONS, ImageEntry, ImageSource, discover_images  # noqa: F401
+from ovlabel.io.limits import DEFAULT_MAX_PIXELS
 
-#: File suffixes (lower case) treated as images when searching a folder.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+#: Formats whose animated files ovlabel skips (still images only; a multi-page TIFF or an MPO photo is
+#: labelled from its first frame).
+ANIMATED_FORMATS = ("GIF", "PNG", "WEBP")
 
+#: Files larger than this are hashed as a stream and probed from disk, not read into memory first.
+_STREAM_BYTES = 64 << 20
 
-@dataclass(frozen=True)
-class ImageEntry:
-    """One input image: its absolute ``path`` and its POSIX path ``rel`` relative to the image root."""
-
-    path: Path
-    rel: str
-
-
-@dataclass(frozen=True)
-class ImageSource:
-    """The resolved input: ``root`` (the folder ``rel`` paths are relative to) and sorted ``entries``."""
-
-    root: Path
-    entries: tuple[ImageEntry, ...]
-    kind: str  # "folder", "list" or "file"
-
-
-def _is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def discover_images(inputs: str | os.PathLike, exclude: str | os.PathLike | None = None) -> ImageSource:
-    """Resolve ``inputs`` (folder, list file or single image) into a sorted :class:`ImageSource`.
-
-    Hidden files and folders (name starting with ``.``) are skipped, and so is everything under
-    ``exclude`` (the run's own output folder). Raises :class:`OvlabelError` when the path does not exist
-    or holds no images.
-    """
-    src = Path(inputs).expanduser()
-    if not src.exists():
-        raise OvlabelError(
-            f"input path '{inputs}' does not exist; give a folder of images, a text file listing image "
-            f"paths (one per line), or a single image file"
-        )
-    src = src.resolve()
-    excluded = Path(exclude).resolve() if exclude is not None else None
-    if src.is_dir():
-        entries = _walk_folder(src, excluded)
-        if not entries:
-            raise OvlabelError(
-                f"no images found in folder '{inputs}' (searched recursively for "
-                f"{', '.join(IMAGE_EXTENSIONS)}; hidden files and folders are skipped)"
-            )
-        return ImageSource(root=src, entries=tuple(entries), kind="folder")
-    if _is_image_name(src.name):
-        return ImageSource(root=src.parent, entries=(ImageEntry(src, src.name),), kind="file")
-    return _read_list_file(src, inputs)
-
-
-def _walk_folder(root: Path, excluded: Path | None) -> list[ImageEntry]:
-    entries = []
-    seen = {root.resolve()}  # symlinked folders are followed, but each real folder once (no cycles)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        here = Path(dirpath)
-        keep = []
-        for d in sorted(dirnames):
-            real = (here / d).resolve()
-            if d.startswith(".") or real == excluded or real in seen:
-                continue
-            seen.add(real)
-            keep.append(d)
-        dirnames[:] = keep
-        for name in filenames:
-            if name.startswith(".") or not _is_image_name(name):
-                continue
-            path = here / name
-            entries.append(ImageEntry(path, path.relative_to(root).as_posix()))
-    entries.sort(key=lambda e: e.rel)
-    return entries
-
-
-def _read_list_file(list_path: Path, shown: str | os.PathLike) -> ImageSource:
-    try:
-        text = list_path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise OvlabelError(
-            f"input '{shown}' is neither a folder, an image ({', '.join(IMAGE_EXTENSIONS)}) nor a UTF-8 "
-            f"text file listing image paths"
-        ) from None
-    paths: list[Path] = []
-    seen: set[Path] = set()
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        p = Path(line).expanduser()
-        p = (p if p.is_absolute() else list_path.parent / p).resolve()
-        if p not in seen:
-            seen.add(p)
-            paths.append(p)
-    if not paths:
-        raise OvlabelError(f"list file '{shown}' names no image paths (blank lines and # comments are ignored)")
-    root = Path(os.path.commonpath([str(p.parent) for p in paths]))
-    entries = sorted((ImageEntry(p, p.relative_to(root).as_posix()) for p in paths), key=lambda e: e.rel)
-    return ImageSource(root=root, entries=tuple(entries), kind="list")
+_PIL_LIMIT = threading.Lock()
 
 
 def read_file(path: Path) -> tuple[bytes, str]:
@@ -124,8 +38,18 @@ def read_file(path: Path) -> tuple[bytes, str]:
 
     Raises :class:`ImageDecodeError` when the file is missing, unreadable or empty.
     """
-    try:
+    with _reading():
         data = path.read_bytes()
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    return data, hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def _reading():
+    """Turn the OSError of reading an input file into an :class:`ImageDecodeError` with a short reason."""
+    try:
+        yield
     except FileNotFoundError:
         raise ImageDecodeError("file not found") from None
     except PermissionError:
@@ -134,30 +58,92 @@ def read_file(path: Path) -> tuple[bytes, str]:
         raise ImageDecodeError("is a directory, not an image file") from None
     except OSError as exc:
         raise ImageDecodeError(f"cannot read file: {exc.strerror or exc}") from None
-    if not data:
-        raise ImageDecodeError("empty file (0 bytes)")
-    return data, hashlib.sha256(data).hexdigest()
 
 
-def decode_image(data: bytes) -> np.ndarray:
+def read_input(path: Path) -> tuple[bytes | None, str]:
+    """:func:`read_file` for the engine's scan: a file larger than 64 MiB is hashed as a stream and its
+    bytes are not kept (None: read them with :func:`read_file` if the image is to be decoded), so that a
+    huge image that is skipped never sits in memory."""
+    with _reading():
+        size = os.stat(path).st_size
+    if size <= _STREAM_BYTES:
+        return read_file(path)
+    h = hashlib.sha256()
+    with _reading(), open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return None, h.hexdigest()
+
+
+def _raise_pil_limit(max_pixels: int | None) -> None:
+    """Let PIL decode what ovlabel's own limit allows (PIL warns above ``MAX_IMAGE_PIXELS`` and refuses
+    above twice that): raised, never lowered, once per process and limit."""
+    from PIL import Image
+
+    with _PIL_LIMIT:
+        if Image.MAX_IMAGE_PIXELS is not None and (max_pixels is None or Image.MAX_IMAGE_PIXELS < max_pixels):
+            Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def probe_image(source: bytes | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` of an encoded image (bytes or a file) from its header alone, without decoding
+    its pixels. Raises :class:`ImageSkipped` for an animated GIF/PNG/WebP or more than ``max_pixels``
+    pixels (None: no limit), :class:`ImageDecodeError` for a file PIL does not recognise."""
+    from PIL import Image, UnidentifiedImageError
+
+    with _PIL_LIMIT:
+        old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size first; the limit is ours
+        try:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+                (w, h), fmt = img.size, img.format
+                frames = getattr(img, "n_frames", 1) if fmt in ANIMATED_FORMATS and getattr(img, "is_animated", False) else 1
+        except UnidentifiedImageError:
+            raise ImageDecodeError(_UNRECOGNISED) from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageDecodeError(f"truncated or corrupt image data: {exc}") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+    if frames > 1:
+        raise ImageSkipped(f"animated {'APNG' if fmt == 'PNG' else fmt} ({frames} frames): ovlabel labels still "
+                           f"images; extract the frame to label (e.g. ffmpeg -i IN -frames:v 1 OUT.png)")
+    too_large = pixel_limit_reason(w, h, max_pixels)
+    if too_large:
+        raise ImageSkipped(too_large)
+    return w, h
+
+
+def pixel_limit_reason(width: int, height: int, max_pixels: int | None) -> str | None:
+    """Why a ``width`` x ``height`` image is skipped under the pixel limit ``max_pixels``, or None."""
+    if max_pixels is None or width * height <= max_pixels:
+        return None
+    return (f"{width}x{height} = {width * height / 1e6:.1f} megapixels is above --max-pixels {max_pixels} "
+            f"({max_pixels / 1e6:g} MP; its decoded RGB alone is {width * height * 3 / 2**20:.0f} MiB): not decoded; "
+            f"raise --max-pixels to label it")
+
+
+_UNRECOGNISED = "not a recognised image (corrupt, or not really a JPEG/PNG/WebP/BMP/TIFF/GIF despite its name)"
+
+
+def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode encoded image bytes to an RGB ``uint8`` array of shape ``(H, W, 3)``.
 
     The EXIF orientation is applied, so H and W are the displayed height and width. Transparent pixels
     are composited over white. 16-bit images are scaled to 8 bits (``v / 257``), not clipped.
-    Raises :class:`ImageDecodeError` with a short reason for anything PIL cannot decode.
+    Raises :class:`ImageSkipped` for what :func:`probe_image` skips (checked before decoding) and
+    :class:`ImageDecodeError` with a short reason for anything PIL cannot decode.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    probe_image(data, max_pixels)
+    _raise_pil_limit(max_pixels)  # no DecompressionBombWarning for what our own limit let through
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
     except UnidentifiedImageError:
-        raise ImageDecodeError(
-            "not a recognised image (corrupt, or not really a JPEG/PNG/WebP/BMP/TIFF despite its name)"
-        ) from None
+        raise ImageDecodeError(_UNRECOGNISED) from None
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"too large to decode safely: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"truncated or corrupt image data: {exc}") from None
     try:
         img = ImageOps.exif_transpose(img) or img

@@ -114,6 +114,13 @@ def blip_spec(cfg: SalienceRunConfig):
     return spec
 
 
+def require_blip(spec) -> None:
+    """Fail now, naming the BLIP weights, when they are neither cached nor downloadable."""
+    from ovlabel.models.offline import require_weights
+
+    require_weights({"blip": spec}, "salience")
+
+
 class SalienceStage(Stage):
     """PnP-OVSS salience labels for a work list whose items carry their classes (``spec``: the BLIP model)."""
 
@@ -148,6 +155,8 @@ def salience(inputs, out, cfg: SalienceRunConfig, model=None) -> RunSummary:
     """
     out = Path(out).expanduser().resolve()
     spec = blip_spec(cfg)  # a bad option fails before the input is searched
+    if model is None:
+        require_blip(spec)
     res, vocab, classes_from = resolve_inputs(inputs, cfg.vocab, cfg.images, exclude=out)
     captions = None
     if cfg.captions:  # each image looks for the classes its captions name (OVSegmentor §3)

@@ -91,6 +91,10 @@ class SegmentStage(Stage):
         else:
             self.templates = Templates(name=config["templates"]["name"], templates=tuple(config["templates"]["templates"]))
         self.specs = checkpoint_specs(config, cfg.dinov2, cfg.clip)  # the families the checkpoint's head was trained on
+        if not models:  # every missing weight named now, before the run directory is touched
+            from ovlabel.models.offline import require_weights
+
+            require_weights(self.specs, "segment")
         names = model_names(self.specs, models)
         resolve_precision(cfg.precision, resolve_device(cfg.device))  # a bad --device fails before any work
         weights = Path(cfg.checkpoint).expanduser().resolve() / WEIGHTS_FILE

@@ -18,6 +18,7 @@ from ovlabel.engine import Output, Stage, Worker, execute, from_images, restrict
 from ovlabel.engine.store import digest
 from ovlabel.engine.summary import RunSummary
 from ovlabel.errors import OvlabelError
+from ovlabel.io.names import recorded_path
 from ovlabel.merge import merge_stages, merged_count
 from ovlabel.vocab import Templates, Vocabulary, load_templates, load_vocabulary
 
@@ -136,6 +137,7 @@ class Stage1Stage(Stage):
     def __init__(self, cfg: PseudoLabelConfig, models: dict | None = None, command: str = "pseudo-label",
                  rebuild_stages: tuple[str, ...] = ()):
         from ovlabel.device import resolve_device, resolve_precision
+        from ovlabel.models.offline import require_weights
         from ovlabel.models.registry import resolve_models
 
         self.cfg = cfg
@@ -145,6 +147,8 @@ class Stage1Stage(Stage):
             load_templates(cfg.classify.templates)  # a bad --crop-templates fails now, not after the first batch
         self.specs = resolve_models(cfg.models, {"clip": cfg.clip, "sam": cfg.sam})
         resolve_precision(cfg.precision, resolve_device(cfg.device))  # a bad --device fails before any work
+        if not models:  # every missing weight named now, before the run directory is touched
+            require_weights(self.specs, command)
         if models:
             names = {f: m.identity["spec"] for f, m in models.items()}
         else:
@@ -240,7 +244,7 @@ def classify_masks(run_dir: str | Path, given: dict | None = None, images: str |
         raise OvlabelError(f"'{run_dir}' is not an ovlabel run (no run.json); make one with `ovlabel pseudo-label`")
     cfg = build(PseudoLabelConfig, dict(given or {}), base=config_from_run(doc))
     cfg = replace(cfg, stages=(*cfg.stages, "1.2"))
-    inputs = Path(images) if images is not None else Path(doc["input"]["path"])
+    inputs = Path(images) if images is not None else recorded_path(doc["input"]["path"])
     if not inputs.exists():
         raise OvlabelError(f"the run's images are no longer at '{inputs}'; pass --images with their current location")
     return label(inputs, layout.root, cfg, models=models, command="classify-masks", rebuild_stages=("1.2",))

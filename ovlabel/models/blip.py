@@ -297,11 +297,15 @@ def load_blip(spec, device, precision: str) -> BlipModel:
         return BlipModel(model, tokenizer, identity(spec, None), device, precision)
     from transformers import BertTokenizerFast, BlipForImageTextRetrieval
 
+    from ovlabel.models.checkpoint import check_file, load_error
+
     path = blip_weights_file(spec)
     folder = path.parent
+    expected = f"a BLIP image-text-matching model ({spec.arch}) saved by save_pretrained"
+    check_file(path, "BLIP weights", expected)
     try:
         model = BlipForImageTextRetrieval.from_pretrained(str(folder), use_safetensors=path.suffix == ".safetensors")
         tokenizer = BertTokenizerFast.from_pretrained(str(folder))
-    except OSError as exc:
-        raise OvlabelError(f"cannot load {spec.name} from '{folder}': {exc}") from None
+    except Exception as exc:
+        raise load_error(path, exc, "BLIP weights", expected) from None
     return BlipModel(model, tokenizer, identity(spec, path), device, precision)

@@ -179,6 +179,7 @@ def load_clip(spec, device, precision: str) -> ClipModel:
     import open_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+    from ovlabel.models.checkpoint import check_file, load_error
     from ovlabel.models.weights import identity, weights_file
 
     if spec.kind == "tiny":
@@ -189,14 +190,22 @@ def load_clip(spec, device, precision: str) -> ClipModel:
         )
     path = weights_file(spec)
     tag_cfg = open_clip.get_pretrained_cfg(spec.arch, spec.weights) if spec.kind == "pretrained" else {}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = open_clip.create_model(
-            spec.arch,
-            pretrained=str(path) if path else None,
-            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
-            device="cpu",
-        )
+    expected = f"open_clip {spec.arch} weights (a state dict or safetensors)"
+    if path:
+        check_file(path, "CLIP weights", expected)  # a foreign or code-bearing file fails before the model is built
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = open_clip.create_model(
+                spec.arch,
+                pretrained=str(path) if path else None,
+                force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+                device="cpu",
+            )
+    except Exception as exc:
+        if not path:
+            raise
+        raise load_error(path, exc, "CLIP weights", expected) from None
     pcfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     mean = tag_cfg.get("mean") or pcfg.get("mean") or OPENAI_DATASET_MEAN
     std = tag_cfg.get("std") or pcfg.get("std") or OPENAI_DATASET_STD

@@ -128,6 +128,8 @@ def load_prompts(ckpt: str | Path, clip) -> MaskPromptClassifier:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    from ovlabel.models.checkpoint import first_line
+
     path = Path(ckpt).expanduser() / WEIGHTS_FILE
     if not path.is_file():
         raise OvlabelError(f"'{ckpt}' holds no {WEIGHTS_FILE}: train mask prompts with `ovlabel train-mpt RUN --out CKPT`")
@@ -136,7 +138,8 @@ def load_prompts(ckpt: str | Path, clip) -> MaskPromptClassifier:
             config = json.loads((fh.metadata() or {})["ovlabel_config"])
         tensor = load_file(str(path))["prompts"]
     except Exception as exc:
-        raise OvlabelError(f"'{path}' is not a readable mask-prompt checkpoint: {type(exc).__name__}: {exc}") from None
+        raise OvlabelError(f"'{path}' is not a readable mask-prompt checkpoint ({first_line(exc)}); expected the "
+                           f"{WEIGHTS_FILE} that `ovlabel train-mpt` writes (safetensors)") from None
     if config.get("format") != MPT_FORMAT or config.get("format_version") != MPT_VERSION:
         raise OvlabelError(f"'{path}' has format {config.get('format')!r} v{config.get('format_version')!r}; "
                            f"this ovlabel reads {MPT_FORMAT} v{MPT_VERSION}")

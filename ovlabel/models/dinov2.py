@@ -98,6 +98,11 @@ def hub_load(repo: str, entry: str, **kwargs):
             raise OvlabelError(f"'{local}' has no hubconf.py: point {HUB_ENV} at a clone of facebookresearch/dinov2")
         return torch.hub.load(str(local), entry, source="local", **kwargs)
     try:
+        cached = Path(torch.hub.get_dir()) / (repo.split(":")[0].replace("/", "_") + "_main")
+        if not cached.is_dir():
+            from ovlabel.io.net import fail_fast
+
+            fail_fast("github.com")  # seconds, not a minute of retries, when offline
         return torch.hub.load(repo, entry, source="github", trust_repo=True, skip_validation=True, **kwargs)
     except Exception as exc:  # URLError, HTTPError, RuntimeError("no internet connection ..."), ...
         cached = Path(torch.hub.get_dir()) / repo.split(":")[0].replace("/", "_")
@@ -121,31 +126,30 @@ def load_dinov2(spec, device, precision: str, hub: str | None = None) -> DinoV2M
         entry = "dinov2_tiny" if spec.kind == "tiny" else spec.arch
         model = hub_load(str(OFFLINE_HUB), entry, pretrained=False)
         return DinoV2Model(model, identity(spec, None), device, precision)
+    from ovlabel.models.checkpoint import read_state_dict
+
     path = weights_file(spec)
+    state = read_state_dict(path, "DINOv2 weights", _expected(spec))  # a bad file fails before the build
     repo = hub or os.environ.get(HUB_ENV) or DINOV2_HUB_REPO
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = hub_load(repo, spec.arch, pretrained=False)
-    _load_state(model, path, spec.name)
+    _load_state(model, state, path, spec)
     return DinoV2Model(model, identity(spec, path), device, precision)
 
 
-def _load_state(model, path: Path, name: str) -> None:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+def _expected(spec) -> str:
+    return f"a DINOv2 {spec.arch} backbone state dict"
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise OvlabelError(f"cannot read DINOv2 weights '{path}' for {name}: {type(exc).__name__}: {exc}") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
+
+def _load_state(model, state: dict, path: Path, spec) -> None:
+    from ovlabel.models.checkpoint import load_into
+
+    expected = _expected(spec)
+    missing, unexpected = load_into(model, state, path, "DINOv2 weights", expected, strict=False)
     missing = [k for k in missing if k != "mask_token"]  # only used by DINOv2's masked-image training
     if missing or unexpected:
         raise OvlabelError(
-            f"weights '{path}' do not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]} "
-            f"(is it a checkpoint of this architecture?)"
+            f"cannot use DINOv2 weights '{path}': they do not fit dinov2:{spec.arch}: {len(missing)} missing keys "
+            f"{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]} (expected {expected})"
         )

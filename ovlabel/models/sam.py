@@ -146,22 +146,17 @@ def load_sam(spec, device, precision: str, **options) -> SamModel:
     ``options``: :class:`SamModel`'s speed knobs (``sdpa``, ``compile``, ``mask_chunk``)."""
     from segment_anything import sam_model_registry
 
-    from ovlabel.errors import OvlabelError
+    from ovlabel.models.checkpoint import load_into, read_state_dict
     from ovlabel.models.weights import identity, weights_file
 
     if spec.kind == "tiny":
         return SamModel(build_tiny_sam(), identity(spec, None), device, precision, **options)
     path = weights_file(spec)
+    expected = f"a segment-anything {spec.arch} state dict"
+    state = read_state_dict(path, "SAM checkpoint", expected) if path is not None else None  # before building
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         sam = sam_model_registry[spec.arch](checkpoint=None)
-    if path is not None:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            sam.load_state_dict(state)
-        except Exception as exc:
-            raise OvlabelError(
-                f"cannot load SAM checkpoint '{path}' into {spec.name}: {type(exc).__name__}: {exc}. "
-                f"Is it a segment-anything {spec.arch} state dict?"
-            ) from None
+    if state is not None:
+        load_into(sam, state, path, "SAM checkpoint", expected)
     return SamModel(sam, identity(spec, path), device, precision, **options)

@@ -157,6 +157,7 @@ def load_sam2(spec, device, precision: str, **options) -> Sam2Model:
     checkpoints are ``{"model": state_dict}`` files; both that and a bare state dict load with
     ``weights_only=True``."""
     from ovlabel.errors import OvlabelError
+    from ovlabel.models.checkpoint import load_into, read_state_dict
     from ovlabel.models.weights import identity, weights_file
 
     try:
@@ -168,16 +169,11 @@ def load_sam2(spec, device, precision: str, **options) -> Sam2Model:
     from sam2.build_sam import build_sam2
 
     path = weights_file(spec)
+    expected = f"a SAM 2.1 {spec.arch} checkpoint (sam2.1_{spec.arch}.pt: {{\"model\": state dict}} or a state dict)"
+    state = read_state_dict(path, "SAM 2 checkpoint", expected) if path is not None else None  # before building
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_sam2(SAM2_CONFIGS[spec.arch], None, device="cpu")
-    if path is not None:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-        except Exception as exc:
-            raise OvlabelError(
-                f"cannot load SAM 2 checkpoint '{path}' into {spec.name}: {type(exc).__name__}: {exc}. "
-                f"Is it a SAM 2.1 {spec.arch} checkpoint (sam2.1_{spec.arch}.pt)?"
-            ) from None
+    if state is not None:
+        load_into(model, state, path, "SAM 2 checkpoint", expected)
     return Sam2Model(model, identity(spec, path), device, precision, **options)

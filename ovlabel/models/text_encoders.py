@@ -123,8 +123,15 @@ def _snapshot(repo: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
 
+    from ovlabel.io.net import fail_fast, hf_host
+
+    patterns = ["*.json", "*.txt", "*.safetensors", "*.model"]
     try:
-        return Path(snapshot_download(repo, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
+        try:
+            return Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=True))
+        except Exception:
+            fail_fast(hf_host())  # not cached: seconds, not a minute of retries, when offline
+        return Path(snapshot_download(repo, allow_patterns=patterns))
     except Exception as exc:  # offline, HTTP error, unknown repo
         raise WeightsUnavailable(
             f"cannot obtain the text encoder '{repo}' ({type(exc).__name__}: {exc}).\n"
@@ -148,9 +155,13 @@ def load_text_encoder(spec, device, precision: str) -> TextEncoder:
     path = _weights_file(folder)
     if path is None:
         raise OvlabelError(f"text encoder folder '{folder}' has no model.safetensors or pytorch_model.bin")
+    from ovlabel.models.checkpoint import check_file, load_error
+
+    expected = "a transformers text model saved by save_pretrained"
+    check_file(path, "text-encoder weights", expected)
     try:
         model = AutoModel.from_pretrained(str(folder), use_safetensors=path.suffix == ".safetensors")
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError) as exc:
-        raise OvlabelError(f"cannot load the text encoder {spec.name} from '{folder}': {exc}") from None
+    except Exception as exc:
+        raise load_error(path, exc, "text-encoder weights", expected) from None
     return TextEncoder(model, tokenizer, identity(spec, path), device, precision)

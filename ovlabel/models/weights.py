@@ -9,9 +9,13 @@ error) becomes a :class:`WeightsUnavailable` naming the exact file and how to su
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from ovlabel.errors import OvlabelError, WeightsUnavailable
+
+#: Seconds a stalled download may wait for data before it fails.
+DOWNLOAD_TIMEOUT = 60.0
 
 #: Official segment-anything checkpoints (README of facebookresearch/segment-anything).
 SAM_CHECKPOINT_URLS = {
@@ -57,11 +61,16 @@ def fetch_url(url: str, spec: str, family: str, arch: str, option: str | None = 
     command-line option that takes this family's model (default: ``--FAMILY``)."""
     import torch
 
+    from ovlabel.io.net import fail_fast
+
     dest = url_cache_path(url)
     if dest.is_file():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    old = socket.getdefaulttimeout()
     try:
+        fail_fast(url)  # seconds, not a minute of retries, on an offline machine
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # urllib's default is to wait forever on a stalled connection
         torch.hub.download_url_to_file(url, str(dest), progress=True)
     except Exception as exc:  # URLError, HTTPError, OSError, ssl errors: all mean "not available"
         raise WeightsUnavailable(
@@ -70,6 +79,8 @@ def fetch_url(url: str, spec: str, family: str, arch: str, option: str | None = 
             f"Offline? Download {url} on a connected machine and copy it to {dest}, "
             f"or pass a local file with --{option or family} {family}:{arch}/PATH/TO/{dest.name}"
         ) from None
+    finally:
+        socket.setdefaulttimeout(old)
     return dest
 
 
@@ -77,8 +88,11 @@ def fetch_open_clip(arch: str, tag: str, spec: str) -> Path:
     """Return the local weights file for open_clip ``arch`` with pretrained ``tag``, downloading it."""
     import open_clip
 
+    from ovlabel.io.net import fail_fast, hf_host
+
     cfg = open_clip.get_pretrained_cfg(arch, tag)
     try:
+        fail_fast(hf_host() if cfg.get("hf_hub") else cfg.get("url", ""))
         path = open_clip.download_pretrained(cfg)
     except Exception as exc:
         raise WeightsUnavailable(_open_clip_missing_message(arch, tag, spec, cfg, exc)) from None
@@ -189,6 +203,13 @@ def _snapshot(spec, download: bool) -> Path | None:
 
     patterns = ["*.json", "*.txt", "*.safetensors"]
     try:
+        if download:
+            try:
+                return Path(snapshot_download(spec.weights, allow_patterns=patterns, local_files_only=True))
+            except Exception:
+                from ovlabel.io.net import fail_fast, hf_host
+
+                fail_fast(hf_host())  # not cached: seconds, not a minute of retries, when offline
         return Path(snapshot_download(spec.weights, allow_patterns=patterns, local_files_only=not download))
     except Exception as exc:  # offline, HTTP error, missing cache: all mean "not available"
         if not download:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ovlabel.artifacts import IGNORE_INDEX, RunLayout, open_complete_run, read_label_png, read_manifest
+from ovlabel.io.names import recorded_path
 
 #: masks.parquet columns the report reads (never the RLE); absent ones (older runs) read as null.
 MASK_COLUMNS = ("image_id", "mask_id", "category", "class_index", "source", "score", "area", "margin", "quality")
@@ -50,7 +51,7 @@ class RunData:
         if override:
             return Path(override).expanduser()
         root = (self.doc.get("input") or {}).get("root")
-        return Path(root) if root else None
+        return recorded_path(root) if root else None
 
 
 def load_run(path: str | Path, workers: int | None = None) -> RunData:

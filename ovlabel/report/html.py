@@ -68,8 +68,9 @@ def provenance(doc: dict) -> str:
     if doc.get("parent"):
         rows.append(["parent run", escape(str(doc["parent"].get("path", doc["parent"])))])
     if counts:
+        skipped = f", {counts['skipped']} skipped" if counts.get("skipped") else ""
         rows.append(["images", escape(f"{counts.get('images', '?')} ({counts.get('labelled', '?')} labelled, "
-                                      f"{counts.get('failed', '?')} failed), {counts.get('masks', '?')} masks")])
+                                      f"{counts.get('failed', '?')} failed{skipped}), {counts.get('masks', '?')} masks")])
     out = _table(["", ""], rows)
     if doc.get("note"):
         out = f"<div class='note'>{escape(doc['note'])}</div>" + out

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ovlabel.artifacts import IGNORE_INDEX, RunLayout, read_label_png
+from ovlabel.io.names import image_path
 from ovlabel.overlays import class_color, render_overlay
 
 
@@ -26,13 +27,13 @@ def _source_image(image_root: Path | None, row: dict) -> np.ndarray | None:
     if image_root is None:
         return None
     try:
-        data, sha = read_file(image_root / row["file"])
+        data, sha = read_file(image_path(image_root, row["file"]))
     except ImageDecodeError:
         return None
     if sha != row["sha256"]:  # another picture under the same name now: the labels are not about it
         return None
     try:
-        return decode_image(data)
+        return decode_image(data, max_pixels=None)  # a labelled image: its run let it through
     except ImageDecodeError:
         return None
 

@@ -147,6 +147,8 @@ def load_checkpoint(ckpt: str | Path | None, device) -> tuple[nn.Module, dict]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    from ovlabel.models.checkpoint import first_line, load_into
+
     if ckpt is None:
         raise OvlabelError(missing_checkpoint_message(None))
     path = Path(ckpt).expanduser() / WEIGHTS_FILE
@@ -157,12 +159,13 @@ def load_checkpoint(ckpt: str | Path | None, device) -> tuple[nn.Module, dict]:
             config = json.loads((fh.metadata() or {})["ovlabel_config"])
         state = load_file(str(path))
     except Exception as exc:
-        raise OvlabelError(f"'{path}' is not a readable ovlabel alignment checkpoint: {type(exc).__name__}: {exc}") from None
+        raise OvlabelError(f"'{path}' is not a readable ovlabel alignment checkpoint ({first_line(exc)}); expected the "
+                           f"{WEIGHTS_FILE} that `ovlabel train-align` writes (safetensors)") from None
     if config.get("format") != CHECKPOINT_FORMAT or config.get("format_version") != CHECKPOINT_VERSION:
         raise OvlabelError(
             f"'{path}' has format {config.get('format')!r} v{config.get('format_version')!r}; this ovlabel reads "
             f"{CHECKPOINT_FORMAT} v{CHECKPOINT_VERSION}"
         )
     module = build_head(config, seed=0)
-    module.load_state_dict(state)
+    load_into(module, state, path, "alignment checkpoint", f"the tensors of its {config.get('head', 'fmbseg')} head")
     return module.eval().requires_grad_(False).to(device), config

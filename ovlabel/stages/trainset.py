@@ -20,6 +20,7 @@ import numpy as np
 from ovlabel.artifacts import IGNORE_INDEX, RunLayout, open_complete_run, read_manifest, read_masks
 from ovlabel.errors import OvlabelError
 from ovlabel.features import patch_grid
+from ovlabel.io.names import image_path, recorded_path
 from ovlabel.masks import MaskSet
 from ovlabel.vocab import Templates, VocabClass, Vocabulary
 
@@ -120,7 +121,7 @@ def load_train_set(
     paint policy (:func:`paint_policy`)."""
     layout, run = read_run(run_dir)
     vocab = vocabulary_from_run(run)
-    root = Path(image_root).expanduser().resolve() if image_root else Path(run["input"]["root"])
+    root = Path(image_root).expanduser().resolve() if image_root else recorded_path(run["input"]["root"])
     rows = [r for r in read_manifest(layout.manifest) if r["status"] == "ok"]
     masks = read_masks(layout.masks)
     paint = paint_policy(run)
@@ -138,7 +139,7 @@ def load_train_set(
         if not (labels >= 0).any():
             skipped.append((r["file"], "no patch is labelled"))
             continue
-        images.append(TrainImage(r["file"], root / r["file"], r["sha256"], grid, labels))
+        images.append(TrainImage(r["file"], image_path(root, r["file"]), r["sha256"], grid, labels))
     if not images:
         raise OvlabelError(f"run '{layout.root}' has no image with a labelled patch to train on ({len(rows)} labelled images)")
     if not root.is_dir():

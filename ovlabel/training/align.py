@@ -77,8 +77,17 @@ def _check_out(out: Path, resume: bool) -> dict | None:
             )
         from safetensors import safe_open
 
-        with safe_open(str(state), framework="pt") as fh:
-            return dict(fh.metadata() or {})
+        from ovlabel.models.checkpoint import first_line
+
+        try:
+            with safe_open(str(state), framework="pt") as fh:
+                meta = dict(fh.metadata() or {})
+            int(meta["epoch"]), json.loads(meta["settings"])
+        except Exception as exc:
+            raise OvlabelError(f"cannot resume from '{state}': not a readable training state ({first_line(exc)}); "
+                               f"expected the {ck.STATE_FILE} that `ovlabel train-align` writes. Remove it to "
+                               f"train from the start (the finished epochs are lost), or restore it") from None
+        return meta
     if out.is_dir() and any(out.iterdir()):
         raise OvlabelError(f"--out '{out}' is a non-empty folder that is not an ovlabel checkpoint; choose a new or empty folder")
     return None
@@ -102,6 +111,10 @@ def train(run_dir: str | Path, out: str | Path, cfg: TrainAlignConfig, models: d
     if not clip_name and (cfg.vision_encoder == "clip" or text_family(cfg.text_encoder) == "clip"):
         raise OvlabelError(f"run '{run_dir}' does not record its CLIP model; pass --clip")
     specs = stage2_specs(cfg.models, cfg.vision_encoder, cfg.text_encoder, cfg.dinov2, clip_name)
+    if not models:  # every missing weight named now, before anything is loaded
+        from ovlabel.models.offline import require_weights
+
+        require_weights(specs, "train-align")
     names = model_names(specs, models)
     settings = {
         "run": {"path": str(Path(run_dir).expanduser().resolve()), "settings_key": run.get("settings_key")},
@@ -237,7 +250,7 @@ def _batch_features(batch, encoder, cache: FeatureCache, bad: dict, summary: Tra
             raw, sha = read_file(im.path)
             if sha != im.sha256:
                 raise ImageDecodeError("the file changed since it was pseudo-labelled (content hash differs)")
-            todo.append((im, decode_image(raw)))
+            todo.append((im, decode_image(raw, max_pixels=None)))  # labelled by its run: its limit applied there
         except ImageDecodeError as exc:
             bad[im.file] = str(exc)
             print(f"warning: skipping {im.file}: {exc}", file=sys.stderr)
@@ -305,17 +318,24 @@ def _load_state(path: Path, module, opt, sched, device) -> None:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path))
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata()
-    module.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
-    state: dict[int, dict] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, idx, name = k.split(".", 2)
-            state.setdefault(int(idx), {})[name] = v.to(device)
-    opt.load_state_dict({"state": state, "param_groups": json.loads(meta["optimizer_param_groups"])})
-    sched.load_state_dict(json.loads(meta["scheduler"]))
+    from ovlabel.models.checkpoint import first_line
+
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata()
+        module.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
+        state: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, idx, name = k.split(".", 2)
+                state.setdefault(int(idx), {})[name] = v.to(device)
+        opt.load_state_dict({"state": state, "param_groups": json.loads(meta["optimizer_param_groups"])})
+        sched.load_state_dict(json.loads(meta["scheduler"]))
+    except Exception as exc:
+        raise OvlabelError(f"cannot resume from '{path}': its training state does not fit this training "
+                           f"({first_line(exc)}); expected the {ck.STATE_FILE} of the same settings. Remove it to "
+                           f"train from the start, or restore it") from None
 
 
 def _now() -> str:

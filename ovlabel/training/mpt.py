@@ -19,11 +19,12 @@ def collect_crops(run_dir, size: int, patch: int, fill, cfg: MptConfig, progress
     """The training crops of a run (see the module docstring)."""
     from ovlabel.artifacts import read_manifest, read_masks
     from ovlabel.io.images import decode_image, read_file
+    from ovlabel.io.names import image_path, recorded_path
     from ovlabel.stages.classify import mask_crops, masked_crops
     from ovlabel.stages.trainset import read_run
 
     layout, run = read_run(run_dir)
-    root = Path(cfg.images).expanduser().resolve() if cfg.images else Path(run["input"]["root"])
+    root = Path(cfg.images).expanduser().resolve() if cfg.images else recorded_path(run["input"]["root"])
     rows = {r["image_id"]: r for r in read_manifest(layout.manifest) if r["status"] == "ok"}
     masks = {i: ms for i, ms in read_masks(layout.masks).items() if i in rows and len(ms)}
     picks: dict[int, list[int]] = {}
@@ -35,10 +36,10 @@ def collect_crops(run_dir, size: int, patch: int, fill, cfg: MptConfig, progress
     for iid in tqdm(sorted(picks), desc="masked crops", unit="img", disable=not progress, dynamic_ncols=True):
         r = rows[iid]
         try:
-            raw, sha = read_file(root / r["file"])
+            raw, sha = read_file(image_path(root, r["file"]))
             if sha != r["sha256"]:
                 raise ImageDecodeError("the file changed since it was pseudo-labelled (content hash differs)")
-            image = decode_image(raw)
+            image = decode_image(raw, max_pixels=None)  # labelled by its run: its limit applied there
         except (ImageDecodeError, OSError) as exc:
             skipped.append((r["file"], str(exc)))
             print(f"warning: skipping {r['file']}: {exc}", file=sys.stderr)
@@ -95,8 +96,12 @@ def train(run_dir: str | Path, out: str | Path, cfg: MptConfig, clip=None) -> Mp
         name = cfg.clip or (run.get("settings", {}).get("models") or {}).get("clip")
         if not name:
             raise OvlabelError(f"run '{run_dir}' does not record its CLIP model; pass --clip")
+        from ovlabel.models.offline import require_weights
+
+        spec = parse_model(name, "clip")
+        require_weights({"clip": spec}, "train-mpt")
         device = resolve_device(cfg.device)
-        clip = load_model(parse_model(name, "clip"), device, resolve_precision(cfg.precision, device))
+        clip = load_model(spec, device, resolve_precision(cfg.precision, device))
     data = collect_crops(run_dir, clip.input_size, clip.patch_size, clip.fill_color, cfg, cfg.progress)
     text = class_text_features(clip, vocab, templates).to(clip.device)
     summary = MptSummary(out, len(data.labels), sorted({vocab.names[i] for i in data.labels}), skipped=data.skipped)

@@ -71,6 +71,9 @@ def tune(inputs, out_file, cfg: TuneConfig, blip=None, clip=None) -> dict:
     precision = resolve_precision(cfg.precision, device)
     clip_spec = cfg.clip or REWARD_CLIP.get(cfg.models)
     specs = resolve_models(cfg.models, {"blip": cfg.blip, "clip": clip_spec}, families=("blip", "clip"))
+    from ovlabel.models.offline import require_weights
+
+    require_weights({f: s for f, s in specs.items() if {"blip": blip, "clip": clip}[f] is None}, "tune")
     blip = blip or load_model(specs["blip"], device, precision)
     clip = clip or load_model(specs["clip"], device, precision)
     reward = ClipReward(clip, class_text_features(clip, vocab, templates), cfg.reward_norm)
@@ -151,13 +154,14 @@ def tune(inputs, out_file, cfg: TuneConfig, blip=None, clip=None) -> dict:
 def load_params(path) -> dict:
     """The ``params`` of a file written by :func:`tune` (keys among layer, head, threshold, blur_sigma).
     Raises OvlabelError for a missing or foreign file."""
-    p = Path(path).expanduser()
+    from ovlabel.io.text import read_user_text
+
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise OvlabelError(f"cannot read --params '{path}': {exc}") from None
+        doc = json.loads(read_user_text(path, "--params file"))
+    except ValueError as exc:
+        raise OvlabelError(f"--params file '{path}' is not JSON: {exc}") from None
     params = doc.get("params") if isinstance(doc, dict) else None
-    if doc.get("format") != PARAMS_FORMAT or not isinstance(params, dict):
+    if not isinstance(params, dict) or doc.get("format") != PARAMS_FORMAT:
         raise OvlabelError(f"--params '{path}' is not a parameter file written by `ovlabel tune` ({PARAMS_FORMAT})")
     unknown = set(params) - {"layer", "head", "threshold", "blur_sigma"}
     if unknown:
