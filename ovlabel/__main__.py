@@ -1,3 +1,3 @@
-from ovlabel.cli import main
+from ovlabel.entry import main
 
 main()

@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parents[1] / "ovlabel"
 
 #: layer -> module prefixes (the longest prefix decides)
 LAYERS = {
-    "cli": ["ovlabel.cli", "ovlabel.__main__"],
+    "cli": ["ovlabel.cli", "ovlabel.__main__", "ovlabel.entry"],
     "api": ["ovlabel.api", "ovlabel.bench", "ovlabel.training"],
     "labelling": ["ovlabel.labelling"],
     "readers": ["ovlabel.export", "ovlabel.report", "ovlabel.show"],

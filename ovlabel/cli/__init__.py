@@ -19,13 +19,4 @@ COMMAND_MODULES = ("label", "salience", "align", "mpt", "evaluate", "report", "b
 for _name in COMMAND_MODULES:
     importlib.import_module(f"ovlabel.cli.{_name}")
 
-__all__ = ["app", "main"]
-
-
-def main() -> None:
-    import sys
-
-    from ovlabel.malloc import reexec_with_malloc_tuning
-
-    reexec_with_malloc_tuning([sys.executable, "-m", "ovlabel", *sys.argv[1:]])
-    app(prog_name="ovlabel")
+__all__ = ["app"]
