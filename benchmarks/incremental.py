@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import shutil
 import statistics
@@ -25,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import machine, uptime
 
 
 def make_images(folder: Path, n: int, start: int = 0) -> None:
@@ -89,9 +88,8 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temporary one)")
     args = ap.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="ovlabel-incr-"))
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
-          f"{platform.python_version()}; load before: {load}", flush=True)
+    load = uptime()
+    print(f"machine: {machine()}; load before: {load}", flush=True)
     first, incr = {}, {n: [] for n in args.sizes}
     for n in args.sizes:
         make_images(work / f"images-{n}", n)
@@ -114,7 +112,7 @@ def main() -> None:
     print(f"\n+1 image at {b} / at {a}: engine {med(b, 'seconds') / med(a, 'seconds'):.2f}x, whole process "
           f"{med(b, 'process_s') / med(a, 'process_s'):.2f}x; first-run peak RSS {b} / {a}: "
           f"{first[b]['rss_mib'] / first[a]['rss_mib']:.2f}x; load after: "
-          f"{subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+          f"{uptime()}")
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -24,13 +24,13 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _machine import uptime
 
 REPO = Path(__file__).resolve().parents[1]
 NORMS = ("batch", "literal")
@@ -95,7 +95,7 @@ def main() -> None:
     cpu = torch.device("cpu")
     models = {"dinov2": load_model(parse_model("dinov2:tiny", "dinov2"), cpu, "fp32"),
               "clip": load_model(parse_model("clip:tiny", "clip"), cpu, "fp32")}
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    load = uptime()
     t0 = time.perf_counter()
     results = {s: {seed: one_seed(Path(tmp.name), seed, s, models) for seed in args.seeds} for s in args.scenarios}
     print(f"loss normalisation on the synthetic learnability scenes; CPU ({platform.processor() or platform.machine()},"

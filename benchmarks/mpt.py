@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from _machine import machine, uptime
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -78,9 +77,8 @@ def main() -> None:
     from ovlabel.vocab import load_templates, load_vocabulary
     from scenes import VOCAB, write_images, write_run
 
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; load before: {load}")
+    load = uptime()
+    print(f"machine: {machine()}; load before: {load}")
     print(f"OVSeg's optimiser (AdamW lr 2e-2, wd 0, cosine, depth 3); {args.epochs} epochs, batch {args.batch_size}\n")
     cfg = MptConfig(epochs=args.epochs, batch_size=args.batch_size, fraction=1.0, device="cpu", progress=False)
     rows = []
@@ -112,7 +110,7 @@ def main() -> None:
     for name, n, a, b, t in rows:
         print(f"| {name} | {n} | {a:.3f} | {b:.3f} | {t} |")
     print("| chance (4 classes) | | 0.250 | 0.250 | |")
-    print(f"\nload after: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    print(f"\nload after: {uptime()}")
 
 
 if __name__ == "__main__":

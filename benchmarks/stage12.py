@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import uptime
 from stage11 import _time_method  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,7 +165,6 @@ def main() -> None:
 
 def compare(args) -> None:
     """``--compare``: Stage 1.2 decoder variants, interleaved, on the same SAM embeddings."""
-    import subprocess
 
     import torch
     from stage12_compare import encoders, fake_scenes, micro, run_compare
@@ -188,7 +188,7 @@ def compare(args) -> None:
     if args.encoders:
         image = decode_image(read_file(discover_images(args.images).entries[0].path)[0])
         rows = encoders(args.encoders, image, args.repeats, device, precision, sync)
-        load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        load = uptime()
         print(f"image encoders, {image.shape[1]}x{image.shape[0]} image, {args.repeats} interleaved rounds, "
               f"precision {precision}, torch {torch.__version__}, {torch.get_num_threads()} threads; load after: {load}")
         print("| model | encoder s/image | first / model |\n|---|---|---|")
@@ -202,7 +202,7 @@ def compare(args) -> None:
         with torch.inference_mode():
             (emb,) = sam.embed(images[:1])
         rows = micro(sam, emb, args.repeats, args.micro, sync, args.compile)
-        load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        load = uptime()
         print(f"SAM mask decoder ({args.sam}), one call of {args.micro} grid prompts on {entries[0].rel}, "
               f"{args.repeats} interleaved rounds, {torch.get_num_threads()} threads, torch {torch.__version__}; "
               f"load after: {load}")
@@ -215,7 +215,7 @@ def compare(args) -> None:
                          box_nms_thresh=args.box_nms_thresh, min_area=0.0, max_area=1.0)
     with torch.inference_mode():
         embeddings = [sam.embed([img])[0] for img in images]
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    load = uptime()
     rows, extra = run_compare(sam, embeddings, seg, args, sync)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"Stage 1.2 decoder variants: {args.sam}; {args.points_per_side}x{args.points_per_side} points; "
@@ -223,7 +223,7 @@ def compare(args) -> None:
     print(f"ran on: {where}; precision {precision}; torch {torch.__version__}; {len(images)} image(s): "
           f"{', '.join(e.rel for e in entries)}; {args.repeats} interleaved rounds")
     print(f"load before: {load}")
-    print(f"load after:  {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    print(f"load after:  {uptime()}")
     for k, v in extra.items():
         print(f"{k}: {v}")
     print()

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _machine import machine, uptime
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -59,9 +58,8 @@ def main() -> None:
     from ovlabel.training import align as train_mod
     from scenes import VOCAB, miou, write_images, write_run
 
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; load before: {load}")
+    load = uptime()
+    print(f"machine: {machine()}; load before: {load}")
     print(f"scenes: {args.train} training, {args.test} held-out per seed; {args.epochs} epochs; tiny random models\n")
     results: dict[str, list[float]] = {name: [] for name, _ in CONFIGS}
     chances, seconds = [], {name: [] for name, _ in CONFIGS}
@@ -93,7 +91,7 @@ def main() -> None:
         per = " / ".join(f"{v:.3f}" for v in vals)
         print(f"| {name} | {per} | {np.mean(vals) / chance:.1f} | {np.mean(seconds[name]):.1f} |")
     print(f"| uniform random labels (chance) | {' / '.join(f'{c:.3f}' for c in chances)} | 1.0 | |")
-    print(f"\nload after: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    print(f"\nload after: {uptime()}")
 
 
 if __name__ == "__main__":
