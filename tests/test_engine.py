@@ -150,3 +150,13 @@ def test_the_cache_is_derived_data_and_a_changed_file_is_always_rehashed(image_f
     res = runner.invoke(app, ["pseudo-label", str(image_folder), "--out", str(out), *TINY, *FAST])
     assert res.exit_code == 0 and "5 labelled (1 new, 4 already done)" in res.output, res.output
     assert "1 changed" in res.output
+
+
+def test_ray_executor_without_ray_names_the_extra(image_folder, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+    res = runner.invoke(app, ["pseudo-label", str(image_folder), "--out", str(tmp_path / "run"), *TINY, *FAST,
+                              "--executor", "ray"])
+    assert res.exit_code == 2 and "pip install 'ovlabel[ray]'" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "run").exists()  # refused before any work

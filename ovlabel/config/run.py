@@ -62,6 +62,21 @@ class RunConfig:
              f"an integer in [{MIN_PIXELS}, {MAX_PIXELS}] (pixels; {MAX_PIXELS // 10**9} gigapixels decode to "
              f"{MAX_PIXELS * 3 // 2**30} GiB of RGB)"),
         ])
+        if self.executor == "ray":
+            self._ray_installed()
+
+    def _ray_installed(self) -> None:
+        """``--executor ray`` needs the ``ray`` extra: say so before any work (without importing Ray)."""
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec("ray") is not None
+        except ValueError:  # a module set to None in sys.modules
+            found = False
+        if not found:
+            from ovlabel.errors import OvlabelError
+
+            raise OvlabelError("--executor ray needs Ray Data, which is not installed: pip install 'ovlabel[ray]'")
 
     def execution(self) -> dict:
         """The engine's execution settings (:class:`ovlabel.engine.Stage` fields)."""
