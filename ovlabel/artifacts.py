@@ -228,6 +228,13 @@ def write_parquet(path: Path, table: pa.Table) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
+def read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file (all columns, or ``columns``), with its schema metadata. Read through
+    ``ParquetFile``, not ``pq.read_table``, whose dataset layer costs every command ~0.4 s to import."""
+    with pq.ParquetFile(path) as f:
+        return f.read(columns=columns)
+
+
 def write_part(path: Path, masks: MaskSet, width: int, height: int) -> None:
     """Store one image's masks; width and height ride in the schema metadata."""
     meta = {b"ovlabel": json.dumps({"width": int(width), "height": int(height)}).encode()}
@@ -237,7 +244,7 @@ def write_part(path: Path, masks: MaskSet, width: int, height: int) -> None:
 
 def read_part(path: Path) -> tuple[MaskSet, int, int]:
     """Inverse of :func:`write_part`: ``(masks, width, height)``."""
-    table = pq.read_table(path)
+    table = read_parquet(path)
     meta = json.loads(table.schema.metadata[b"ovlabel"])
     return _maskset_from_table(table), meta["width"], meta["height"]
 
@@ -250,11 +257,14 @@ def part_info(path: Path) -> tuple[int, int, int]:
 
 
 def write_manifest(path: Path, rows: list[dict]) -> None:
-    write_parquet(path, pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
+    """Write manifest rows (dicts with the :data:`MANIFEST_SCHEMA` fields; a missing one is null), built
+    one column at a time: a fraction of the transient memory of ``Table.from_pylist`` on large runs."""
+    cols = [pa.array([r.get(f.name) for r in rows], f.type) for f in MANIFEST_SCHEMA]
+    write_parquet(path, pa.Table.from_arrays(cols, schema=MANIFEST_SCHEMA))
 
 
 def read_manifest(path: Path) -> list[dict]:
-    return pq.read_table(path).to_pylist()
+    return read_parquet(path).to_pylist()
 
 
 def without_quality(rows: list[dict]) -> list[dict]:
@@ -289,7 +299,7 @@ def _j(obj) -> str:
 
 def read_masks(path: Path) -> dict[int, MaskSet]:
     """``masks.parquet`` back into one MaskSet per image id (masks in file order), in one pass."""
-    table = pq.read_table(path)
+    table = read_parquet(path)
     ids = np.asarray(table.column("image_id"))
     order = np.argsort(ids, kind="stable")
     uniq, starts = np.unique(ids[order], return_index=True)

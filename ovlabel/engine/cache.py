@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ovlabel.artifacts import FRAGMENT_SCHEMA, MANIFEST_QUALITY_COLUMNS, RunLayout, write_parquet
+from ovlabel.artifacts import FRAGMENT_SCHEMA, MANIFEST_QUALITY_COLUMNS, RunLayout, read_parquet, write_parquet
 from ovlabel.dataset import ROW_GROUP_IMAGES
 from ovlabel.io.atomic import atomic_path
 
@@ -55,7 +55,7 @@ class RunCache:
         self.masks_path = layout.cache / "masks.parquet"
         self.images: dict[str, dict] = {}
         try:
-            for row in pq.read_table(self.images_path).to_pylist():
+            for row in read_parquet(self.images_path).to_pylist():
                 self.images[row["file"]] = row
         except FileNotFoundError:
             pass
