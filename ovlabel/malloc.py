@@ -8,7 +8,13 @@ time that costs was measured at 30-55 % of the wall time: SAM ViT-B's image enco
 mask-decoder prompts 4.97 s -> 2.31 s, with the two settings below (the effect PyTorch's CPU tuning guide
 gets from jemalloc or tcmalloc).
 
-glibc reads them only when a process starts, so :func:`reexec_with_malloc_tuning` restarts the current
+Arrow's default pool (mimalloc) keeps what it frees in per-thread segments of its own: in a run of many
+images (``benchmarks/incremental.py``) that retention grew the peak resident size with the number of
+images (+31 MiB at 10,000 images, against +0.2 MiB of Arrow allocations actually live), so Arrow is asked
+to use the system allocator instead (``ARROW_DEFAULT_MEMORY_POOL=system``), which then reuses what the
+rest of the process freed.
+
+glibc and Arrow read these only when a process starts, so :func:`reexec_with_malloc_tuning` restarts the current
 command once with them set (before torch is imported, it costs a few tens of milliseconds). The price is
 that memory freed by the process is reused by it rather than returned to the system, so the resident size
 stays at its peak until the command ends. ``OVLABEL_MALLOC_TUNING=0`` turns it off; values the user set
@@ -20,8 +26,9 @@ from __future__ import annotations
 import os
 import sys
 
-#: glibc tunables (``mallopt(3)``): no mmap for large blocks, never trim the heap.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 40), "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+#: glibc tunables (``mallopt(3)``): no mmap for large blocks, never trim the heap; Arrow on the same heap.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 40), "MALLOC_TRIM_THRESHOLD_": str(1 << 40),
+              "ARROW_DEFAULT_MEMORY_POOL": "system"}
 
 
 def reexec_with_malloc_tuning(argv: list[str]) -> None:

@@ -1,4 +1,5 @@
-"""The CLI restarts itself once with glibc's malloc tuned (ovlabel/malloc.py), keeping user settings."""
+"""The CLI restarts itself once with glibc's malloc tuned and Arrow on the system allocator
+(ovlabel/malloc.py), keeping user settings."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 
 from ovlabel.malloc import MALLOC_ENV
 
-CHILD = "import os; print(os.environ.get('MALLOC_MMAP_THRESHOLD_'), os.environ.get('MALLOC_TRIM_THRESHOLD_'))"
+CHILD = ("import os, pyarrow; print(os.environ.get('MALLOC_MMAP_THRESHOLD_'), os.environ.get('MALLOC_TRIM_THRESHOLD_'), "
+         "pyarrow.default_memory_pool().backend_name)")
 PARENT = (
     "import sys; from ovlabel.malloc import reexec_with_malloc_tuning;"
     f"reexec_with_malloc_tuning([sys.executable, '-c', {CHILD!r}]); print('not restarted')"
@@ -25,8 +27,10 @@ def run(env_extra: dict) -> str:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tuning is Linux-only")
 def test_restarts_once_with_the_tunables_and_keeps_user_values():
-    assert run({}) == f"{MALLOC_ENV['MALLOC_MMAP_THRESHOLD_']} {MALLOC_ENV['MALLOC_TRIM_THRESHOLD_']}"
-    assert run({"MALLOC_TRIM_THRESHOLD_": "123"}) == f"{MALLOC_ENV['MALLOC_MMAP_THRESHOLD_']} 123"
+    assert run({}) == f"{MALLOC_ENV['MALLOC_MMAP_THRESHOLD_']} {MALLOC_ENV['MALLOC_TRIM_THRESHOLD_']} system"
+    assert run({"MALLOC_TRIM_THRESHOLD_": "123"}) == f"{MALLOC_ENV['MALLOC_MMAP_THRESHOLD_']} 123 system"
+    assert run({"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}).split()[:2] == [MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"],
+                                                                           MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"]]
     both = {k: "7" for k in MALLOC_ENV}
     assert run(both) == "not restarted"  # already set: nothing to do
     assert run({"OVLABEL_MALLOC_TUNING": "0"}) == "not restarted"
