@@ -63,9 +63,13 @@ class AlignedSegmenter:
     @torch.inference_mode()
     def window_similarities(self, crop: np.ndarray) -> torch.Tensor:
         """As :meth:`similarities` for one sliding window, encoded at its own size rounded to whole patches."""
+        return self._similarities(crop, self.window_grid(crop))
+
+    def window_grid(self, crop: np.ndarray) -> tuple[int, int]:
+        """The patch grid a sliding window is encoded at: its own size in whole patches."""
         p = self.encoder.patch_size
         h, w = crop.shape[:2]
-        return self._similarities(crop, (max(1, round(h / p)), max(1, round(w / p))))
+        return max(1, round(h / p)), max(1, round(w / p))
 
     def _similarities(self, image: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
         from ovlabel.device import autocast

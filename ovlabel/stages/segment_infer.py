@@ -152,18 +152,26 @@ def window_boxes(height: int, width: int, window: int, stride: int) -> list[tupl
     return boxes
 
 
-def sliding_similarities(image: np.ndarray, inf: SegmentInference, similarities) -> torch.Tensor:
-    """Averaged window similarities ``(Q, h, w)`` float32 at the resized size (:func:`protocol_size`).
-
-    ``image``: RGB uint8 ``(H, W, 3)``; ``similarities(crop)``: ``(Q, rows, cols)`` patch similarities of an
-    RGB uint8 crop (the encoder + module at the crop's own size)."""
+def protocol_windows(image: np.ndarray, inf: SegmentInference) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """``image`` resized to the protocol's size (:func:`protocol_size`, bilinear) and its window boxes
+    ``(y1, y2, x1, x2)`` (:func:`window_boxes`)."""
     from PIL import Image
 
     h, w = protocol_size(*image.shape[:2], inf.resolution)
     if (h, w) != image.shape[:2]:
         image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    return image, window_boxes(h, w, inf.window, inf.stride)
+
+
+def sliding_similarities(image: np.ndarray, inf: SegmentInference, similarities) -> torch.Tensor:
+    """Averaged window similarities ``(Q, h, w)`` float32 at the resized size (:func:`protocol_size`).
+
+    ``image``: RGB uint8 ``(H, W, 3)``; ``similarities(crop)``: ``(Q, rows, cols)`` patch similarities of an
+    RGB uint8 crop (the encoder + module at the crop's own size)."""
+    image, boxes = protocol_windows(image, inf)
+    h, w = image.shape[:2]
     acc = count = None
-    for y1, y2, x1, x2 in window_boxes(h, w, inf.window, inf.stride):
+    for y1, y2, x1, x2 in boxes:
         sim = similarities(np.ascontiguousarray(image[y1:y2, x1:x2])).float()
         up = F.interpolate(sim[None], size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)[0]
         if acc is None:
@@ -179,7 +187,8 @@ def _argmax_up(sim: torch.Tensor, rows: torch.Tensor, height: int, width: int):
     ``(query index int64 (H, W), value float32 (H, W))``, by the exact pruned
     :func:`upsampled_argmax`. Ties keep the lower query index."""
 
-    lab, best = upsampled_argmax(sim[rows], height, width)
+    every = len(rows) == sim.shape[0]  # all of them (rows is ascending): no copy of a possibly image-sized sim
+    lab, best = upsampled_argmax(sim if every else sim[rows], height, width)
     return rows[lab], best
 
 
@@ -238,9 +247,12 @@ def upsampled_argmax(sim: torch.Tensor, height: int, width: int, budget: int = 1
     memory stays flat.
     """
     sim = sim.float()
-    pad = F.pad(sim[None], (1, 1, 1, 1), mode="replicate")  # each 2x2 window = one cell, edges clamped
-    cmax = F.max_pool2d(pad, 2, stride=1)[0]  # (C, rows + 1, cols + 1)
-    cmin = -F.max_pool2d(-pad, 2, stride=1)[0]
+    pad = F.pad(sim[None], (1, 1, 1, 1), mode="replicate")[0]  # each 2x2 window = one cell, edges clamped
+    corners = (pad[:, :-1, :-1], pad[:, :-1, 1:], pad[:, 1:, :-1], pad[:, 1:, 1:])  # (C, rows + 1, cols + 1) each
+    # elementwise max/min of the 4 corners: what a 2x2 stride-1 max pool gives, exactly, at a fraction of
+    # max_pool2d's CPU time on large maps (the sliding-window protocol passes similarities at image size)
+    cmax = torch.maximum(torch.maximum(corners[0], corners[1]), torch.maximum(corners[2], corners[3]))
+    cmin = torch.minimum(torch.minimum(corners[0], corners[1]), torch.minimum(corners[2], corners[3]))
     can_win = (cmax >= cmin.max(dim=0, keepdim=True).values).flatten(1).any(dim=1)
     keep = torch.nonzero(can_win)[:, 0]  # ascending, so ties still go to the lower class index
     labels, best = _upsampled_argmax_dense(sim[keep], height, width, budget)
