@@ -109,6 +109,7 @@ def _label_all(stage: Stage, layout: RunLayout, store: PartStore, cache: RunCach
     (:mod:`ovlabel.engine.cache`; ``stage.rehash`` reads every file)."""
     from tqdm import tqdm
 
+    key = stage.key  # derived from the settings on each access: once here
     rows: dict[str, dict] = {}
     ids: dict[str, dict[str, str]] = {}
     stats: dict[str, dict] = {}
@@ -123,8 +124,9 @@ def _label_all(stage: Stage, layout: RunLayout, store: PartStore, cache: RunCach
         }
         if status != "ok":
             (summary.skipped if status == "skipped" else summary.failures).append((item.file, reason))
-        bar.update(1)
-        bar.set_postfix(new=summary.new, done=summary.reused, failed=len(summary.failures), refresh=False)
+        if stage.progress:  # tqdm formats the postfix even when disabled (0.3 s per 10,000 images)
+            bar.update(1)
+            bar.set_postfix(new=summary.new, done=summary.reused, failed=len(summary.failures), refresh=False)
 
     def _needs(part_ids: dict, item) -> set[str]:
         """The stages whose parts of ``item`` are missing (all of them when its soft map is)."""
@@ -171,7 +173,7 @@ def _label_all(stage: Stage, layout: RunLayout, store: PartStore, cache: RunCach
     def reused(item, sha):
         """``item`` was done in an earlier run; its label map is checked in the rebuild."""
         ids[item.file] = stage.part_ids(item, sha)
-        hit = cache.image(item.file, paint_id(stage.key, ids[item.file]))
+        hit = cache.image(item.file, paint_id(key, ids[item.file]))
         if hit is not None:
             n, w, h = hit["num_masks"], hit["width"], hit["height"]
         else:

@@ -179,7 +179,7 @@ def sliding_similarities(image: np.ndarray, inf: SegmentInference, similarities)
             count = torch.zeros((1, h, w), device=sim.device)
         acc[:, y1:y2, x1:x2] += up
         count[:, y1:y2, x1:x2] += 1
-    return acc / count
+    return acc.div_(count)
 
 
 def _argmax_up(sim: torch.Tensor, rows: torch.Tensor, height: int, width: int):
@@ -244,9 +244,14 @@ def upsampled_argmax(sim: torch.Tensor, height: int, width: int, budget: int = 1
     reaches the best smallest value of any class there. Only classes that can win somewhere are
     upsampled (few of a large vocabulary when one class clearly leads in each region; all of them when
     similarities are near-tied everywhere), a few at a time (at most ``budget`` floats per chunk) so
-    memory stays flat.
+    memory stays flat. A map already at least half the output's size is upsampled whole (no pruning).
     """
     sim = sim.float()
+    if 4 * sim.shape[1] * sim.shape[2] >= height * width:
+        # a map at least half the output's size (the sliding-window protocol's, at image size): a cell holds
+        # about one output pixel, so the bound prunes little and costs more passes over the map than
+        # upsampling every class does
+        return _upsampled_argmax_dense(sim, height, width, budget)
     pad = F.pad(sim[None], (1, 1, 1, 1), mode="replicate")[0]  # each 2x2 window = one cell, edges clamped
     corners = (pad[:, :-1, :-1], pad[:, :-1, 1:], pad[:, 1:, :-1], pad[:, 1:, 1:])  # (C, rows + 1, cols + 1) each
     # elementwise max/min of the 4 corners: what a 2x2 stride-1 max pool gives, exactly, at a fraction of
