@@ -3,16 +3,23 @@
 A stage whose worker needs no model (each image's masks: its pixels by dominant colour channel) labels N
 synthetic images through the real engine (scan, parts, label maps, the artifact rebuild, run.json). Then
 one image is added and the run repeated: the cost of an incremental rerun. Each step runs in a fresh
-process (peak RSS = that process's), N images side by side with another N, interleaved.
+process with the allocator settings the ``ovlabel`` command restarts with (:mod:`ovlabel.malloc`; peak
+RSS = that process's), N images side by side with another N, interleaved.
+
+``--tiny`` runs the real command instead, ``ovlabel pseudo-label IMAGES --models tiny`` (tiny random CLIP
+and SAM, Stages 1.1 and 1.2, ``--vocab voc``, ``--points-per-side 8`` to keep 10,000 images within an hour
+on 2 cores; every other setting the default), and reports the same columns.
 
     python benchmarks/incremental.py --sizes 100 3000 --repeats 3
-    python benchmarks/incremental.py --sizes 100 10000 --repeats 1 --memory
+    python benchmarks/incremental.py --sizes 100 10000 --repeats 1
+    python benchmarks/incremental.py --sizes 100 10000 --repeats 1 --tiny
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -24,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 from _machine import machine, uptime
+
+from ovlabel.malloc import MALLOC_ENV
 
 
 def make_images(folder: Path, n: int, start: int = 0) -> None:
@@ -77,8 +86,27 @@ def child(images: Path, out: Path) -> dict:
     code = f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import incremental as b; " \
            f"print(json.dumps(b.run_once({str(images)!r}, {str(out)!r})))"
     t = time.perf_counter()
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, **MALLOC_ENV})
     return json.loads(res.stdout.strip().splitlines()[-1]) | {"process_s": time.perf_counter() - t}
+
+
+TINY = ["--models", "tiny", "--vocab", "voc", "--points-per-side", "8", "--no-progress"]
+
+
+def child_tiny(images: Path, out: Path) -> dict:
+    """``ovlabel pseudo-label`` with tiny models in a fresh process: its wall time (``seconds`` and
+    ``process_s``), its peak RSS (the restarted process's, from ``wait4``) and its counts from run.json."""
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "ovlabel", "pseudo-label", str(images), "--out", str(out), *TINY],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"ovlabel failed: {proc.stderr.read().decode()[-2000:]}")
+    counts = json.loads((out / "run.json").read_text())["counts"]
+    return {"seconds": seconds, "process_s": seconds, "rss_mib": usage.ru_maxrss / 1024,
+            "new": counts["new_this_run"], "reused": counts["reused_this_run"], "masks": counts["masks"]}
 
 
 def main() -> None:
@@ -86,19 +114,22 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 3000])
     ap.add_argument("--repeats", type=int, default=3, help="incremental reruns per size (interleaved)")
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temporary one)")
+    ap.add_argument("--tiny", action="store_true", help="time the ovlabel command with tiny models instead")
     args = ap.parse_args()
+    run = child_tiny if args.tiny else child
     work = args.keep or Path(tempfile.mkdtemp(prefix="ovlabel-incr-"))
     load = uptime()
-    print(f"machine: {machine()}; load before: {load}", flush=True)
+    what = f"ovlabel pseudo-label {' '.join(TINY)}" if args.tiny else "the engine with a model-free stage"
+    print(f"machine: {machine()}; load before: {load}; timing {what}", flush=True)
     first, incr = {}, {n: [] for n in args.sizes}
     for n in args.sizes:
         make_images(work / f"images-{n}", n)
-        first[n] = child(work / f"images-{n}", work / f"run-{n}")
+        first[n] = run(work / f"images-{n}", work / f"run-{n}")
         print(f"N={n}: first run {first[n]['seconds']:.1f} s, peak RSS {first[n]['rss_mib']:.0f} MiB", flush=True)
     for r in range(args.repeats):  # interleaved: N1, N2, N1, N2, ...
         for n in args.sizes:
             make_images(work / f"images-{n}", 1, start=10_000_000 + r)  # one new image
-            res = child(work / f"images-{n}", work / f"run-{n}")
+            res = run(work / f"images-{n}", work / f"run-{n}")
             assert res["new"] == 1, res
             incr[n].append(res)
     print("\n| images | first run s | first run peak RSS MiB | +1 image: engine s | +1 image: process s | "
