@@ -10,12 +10,12 @@ gets from jemalloc or tcmalloc).
 
 Arrow's default pool (mimalloc) keeps what it frees in per-thread segments of its own: in a run of many
 images (``benchmarks/incremental.py``) that retention grew the peak resident size with the number of
-images (+31 MiB at 10,000 images, against +0.2 MiB of Arrow allocations actually live), so Arrow is asked
+images (+31 MiB at 10,000 images, against at most 5 MiB of Arrow allocations live at once), so Arrow is asked
 to use the system allocator instead (``ARROW_DEFAULT_MEMORY_POOL=system``), which then reuses what the
 rest of the process freed.
 
-glibc and Arrow read these only when a process starts, so :func:`reexec_with_malloc_tuning` restarts the current
-command once with them set (before torch is imported, it costs a few tens of milliseconds). The price is
+glibc and Arrow read these only when a process starts, so :func:`reexec_with_malloc_tuning` restarts
+the current command once with them set (before torch is imported, it costs a few tens of milliseconds). The price is
 that memory freed by the process is reused by it rather than returned to the system, so the resident size
 stays at its peak until the command ends. ``OVLABEL_MALLOC_TUNING=0`` turns it off; values the user set
 are kept.
