@@ -61,3 +61,14 @@ def autocast(device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def seeded(seed: int = 0):
+    """Torch's CPU random state forked and seeded with ``seed`` for the block: a model built inside gets the
+    same initial weights on every run, and the caller's random state is left as it was."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

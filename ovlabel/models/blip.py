@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovlabel.device import autocast
+from ovlabel.device import autocast, seeded
 from ovlabel.errors import OvlabelError
 from ovlabel.vocab import prompt_name
 
@@ -278,8 +278,7 @@ def build_blip(arch: str, vocab_size: int | None = None):
     text.update(pad_token_id=0, bos_token_id=None, sep_token_id=None, eos_token_id=None)
     cfg = BlipConfig(vision_config=dict(vision, patch_size=16, initializer_range=0.02), text_config=text,
                      image_text_hidden_size=proj)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with seeded():
         model = BlipForImageTextRetrieval(cfg)
         for p in model.parameters():
             if p.dim() > 1:

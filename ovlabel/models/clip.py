@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovlabel.device import autocast
+from ovlabel.device import autocast, seeded
 from ovlabel.errors import OvlabelError
 
 #: Bump when the tiny configuration changes, so cached tiny text embeddings are not reused.
@@ -164,8 +164,7 @@ def build_tiny_clip():
     """A tiny random CLIP (ViT 224 px / patch 16, width 64, 2 layers; D = 64), seeded, same code path."""
     import open_clip
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with seeded():
         model = open_clip.CLIP(
             embed_dim=64,
             vision_cfg=dict(image_size=224, patch_size=16, width=64, layers=2, head_width=32, mlp_ratio=2.0),
@@ -194,8 +193,7 @@ def load_clip(spec, device, precision: str) -> ClipModel:
     if path:
         check_file(path, "CLIP weights", expected)  # a foreign or code-bearing file fails before the model is built
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with seeded():
             model = open_clip.create_model(
                 spec.arch,
                 pretrained=str(path) if path else None,

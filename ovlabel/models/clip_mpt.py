@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ovlabel.device import autocast
+from ovlabel.device import autocast, seeded
 from ovlabel.errors import OvlabelError
 
 MPT_FORMAT = "ovlabel-mpt"
@@ -56,8 +56,7 @@ def build_prompts(clip, depth: int, seed: int) -> MaskPrompts:
     """Fresh prompts for ``clip``'s image tower at its native input size (seeded; global RNG untouched)."""
     visual = clip.model.visual
     grid = clip.input_size // clip.patch_size
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return MaskPrompts(depth, grid, int(visual.conv1.out_channels)).to(clip.device)
 
 

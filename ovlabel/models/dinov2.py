@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovlabel.device import autocast
+from ovlabel.device import autocast, seeded
 from ovlabel.errors import OvlabelError, WeightsUnavailable
 
 #: The official repository (pinned to its default branch so torch.hub needs no network once cached).
@@ -131,8 +131,7 @@ def load_dinov2(spec, device, precision: str, hub: str | None = None) -> DinoV2M
     path = weights_file(spec)
     state = read_state_dict(path, "DINOv2 weights", _expected(spec))  # a bad file fails before the build
     repo = hub or os.environ.get(HUB_ENV) or DINOV2_HUB_REPO
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with seeded():
         model = hub_load(repo, spec.arch, pretrained=False)
     _load_state(model, state, path, spec)
     return DinoV2Model(model, identity(spec, path), device, precision)

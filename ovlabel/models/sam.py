@@ -16,7 +16,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from ovlabel.device import autocast
+from ovlabel.device import autocast, seeded
 from ovlabel.models.sam_decoder import PointPrediction, PromptDecoding, compiled, decode_masks, decode_tokens, use_sdpa
 
 __all__ = ["PointPrediction", "SamEmbedding", "SamModel", "build_tiny_sam", "load_sam"]
@@ -114,8 +114,7 @@ def build_tiny_sam():
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     dim, img = 32, 256
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with seeded():
         sam = Sam(
             image_encoder=ImageEncoderViT(
                 depth=2, embed_dim=32, img_size=img, mlp_ratio=2, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
@@ -154,8 +153,7 @@ def load_sam(spec, device, precision: str, **options) -> SamModel:
     path = weights_file(spec)
     expected = f"a segment-anything {spec.arch} state dict"
     state = read_state_dict(path, "SAM checkpoint", expected) if path is not None else None  # before building
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with seeded():
         sam = sam_model_registry[spec.arch](checkpoint=None)
     if state is not None:
         load_into(sam, state, path, "SAM checkpoint", expected)

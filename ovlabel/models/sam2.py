@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovlabel.device import autocast
+from ovlabel.device import autocast, seeded
 from ovlabel.models.sam_decoder import PromptDecoding, compiled, decode_masks, decode_tokens
 
 #: ``sam2:ARCH`` -> the SAM 2.1 config shipped inside the sam2 package (``sam2/configs/sam2.1/``).
@@ -147,8 +147,7 @@ def build_tiny_sam2():
         "++model.memory_encoder.in_dim=32", "++model.memory_encoder.mask_downsampler.embed_dim=32",
         "++model.memory_encoder.fuser.layer.dim=32",
     ]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with seeded():
         return build_sam2(SAM2_CONFIGS["hiera_tiny"], None, device="cpu", hydra_overrides_extra=overrides)
 
 
@@ -171,8 +170,7 @@ def load_sam2(spec, device, precision: str, **options) -> Sam2Model:
     path = weights_file(spec)
     expected = f"a SAM 2.1 {spec.arch} checkpoint (sam2.1_{spec.arch}.pt: {{\"model\": state dict}} or a state dict)"
     state = read_state_dict(path, "SAM 2 checkpoint", expected) if path is not None else None  # before building
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with seeded():
         model = build_sam2(SAM2_CONFIGS[spec.arch], None, device="cpu")
     if state is not None:
         load_into(model, state, path, "SAM 2 checkpoint", expected)

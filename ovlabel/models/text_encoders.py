@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ovlabel.device import autocast
+from ovlabel.device import autocast, seeded
 from ovlabel.errors import OvlabelError, WeightsUnavailable
 
 #: Bump when the tiny configuration changes, so cached tiny text embeddings are not reused.
@@ -106,8 +106,7 @@ def build_tiny_text_encoder():
 
     folder = tiny_config_dir()
     config = AutoConfig.from_pretrained(str(folder))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with seeded():
         model = AutoModel.from_config(config)
     return model, AutoTokenizer.from_pretrained(str(folder))
 

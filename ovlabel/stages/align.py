@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ovlabel.device import seeded
 from ovlabel.errors import OvlabelError
 from ovlabel.io.atomic import atomic_path, write_json
 
@@ -89,8 +90,7 @@ class AlignmentModule(nn.Module):
 
 def build_module(dims: dict, seed: int) -> AlignmentModule:
     """A freshly initialised module (PyTorch's default initialisation, seeded; the global RNG is untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return AlignmentModule(dims["in_dim"], dims["out_dim"], dims.get("num_heads"), dims.get("mlp_ratio", 4.0))
 
 

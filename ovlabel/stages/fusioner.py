@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ovlabel.device import seeded
 from ovlabel.errors import OvlabelError
 
 HEAD = "fusioner"
@@ -116,8 +117,7 @@ class FusionModule(nn.Module):
 
 def build(dims: dict, seed: int) -> FusionModule:
     """A freshly initialised module (seeded; the global RNG is untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return FusionModule(dims["visual_dim"], dims["text_dim"], dims["width"], dims["layers"], dims["heads"],
                             dims.get("mlp_ratio", 4.0))
 
