@@ -54,6 +54,27 @@ def save(path: Path, arr: np.ndarray, **kw) -> Path:
 
 
 @pytest.fixture
+def train_killed_after_first_epoch(monkeypatch):
+    """``run(*args)``: ``train-align``'s ``train(*args)``, killed (KeyboardInterrupt) right after its first
+    epoch's checkpoint is written; the checkpoint writer is restored afterwards."""
+    from ovlabel.training import align as train_mod
+
+    real_save = train_mod._save
+
+    def save_then_die(out, *args):
+        real_save(out, *args)
+        raise KeyboardInterrupt
+
+    def run(*args):
+        monkeypatch.setattr(train_mod, "_save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train_mod.train(*args)
+        monkeypatch.setattr(train_mod, "_save", real_save)
+
+    return run
+
+
+@pytest.fixture
 def image_folder(tmp_path) -> Path:
     """A small folder of synthetic images: nested folders, odd sizes, an extreme aspect ratio."""
     root = tmp_path / "images"

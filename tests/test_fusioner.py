@@ -109,19 +109,10 @@ def cfg(tmp, **kw) -> TrainAlignConfig:
     return TrainAlignConfig(**(base | kw))
 
 
-def test_train_fusioner_with_bert_and_clip_vision_then_segment(tmp_path, monkeypatch):
+def test_train_fusioner_with_bert_and_clip_vision_then_segment(tmp_path, train_killed_after_first_epoch):
     gt = write_images(tmp_path / "imgs", 6, seed=3)
     run = write_run(tmp_path / "run", tmp_path / "imgs", gt)
-    real_save = train_mod._save
-
-    def save_then_die(out, *args):
-        real_save(out, *args)
-        raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
-
-    monkeypatch.setattr(train_mod, "_save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_mod.train(run, tmp_path / "ck", cfg(tmp_path, text_encoder="bert:tiny", vision_encoder="clip"))
-    monkeypatch.setattr(train_mod, "_save", real_save)
+    train_killed_after_first_epoch(run, tmp_path / "ck", cfg(tmp_path, text_encoder="bert:tiny", vision_encoder="clip"))
     with pytest.raises(OvlabelError, match="params.fusion_width"):
         train_mod.train(run, tmp_path / "ck", cfg(tmp_path, text_encoder="bert:tiny", vision_encoder="clip", fusion_width=16, resume=True))
     summary = train_mod.train(run, tmp_path / "ck", cfg(tmp_path, text_encoder="bert:tiny", vision_encoder="clip", resume=True))

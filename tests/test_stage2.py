@@ -102,21 +102,11 @@ def test_checkpoint_files_and_feature_cache(trained):
     assert len(list((tmp / "features").rglob("*.npy"))) == 30
 
 
-def test_resume_continues_exactly(tmp_path, monkeypatch, tiny_models):
+def test_resume_continues_exactly(tmp_path, tiny_models, train_killed_after_first_epoch):
     gt = write_images(tmp_path / "imgs", 7, seed=5)
     run = write_run(tmp_path / "run", tmp_path / "imgs", gt)
     straight = train_mod.train(run, tmp_path / "a", tiny_cfg(tmp_path, epochs=3, feature_cache="none"), tiny_models)
-
-    real_save = train_mod._save
-
-    def save_then_die(out, *args):
-        real_save(out, *args)
-        raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
-
-    monkeypatch.setattr(train_mod, "_save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_mod.train(run, tmp_path / "b", tiny_cfg(tmp_path, epochs=3), tiny_models)
-    monkeypatch.setattr(train_mod, "_save", real_save)
+    train_killed_after_first_epoch(run, tmp_path / "b", tiny_cfg(tmp_path, epochs=3), tiny_models)
     with pytest.raises(OvlabelError, match="pass --resume"):
         train_mod.train(run, tmp_path / "b", tiny_cfg(tmp_path, epochs=3))
     with pytest.raises(OvlabelError, match="params.lr"):
