@@ -113,13 +113,7 @@ class InlineExecutor:
         return self._worker
 
     def run(self, works: Iterable[tuple[Work, np.ndarray]]) -> Iterator[tuple[Work, Output | str]]:
-        batch: list[tuple[Work, np.ndarray]] = []
-        for pair in works:
-            batch.append(pair)
-            if len(batch) >= self.stage.batch_size:
-                yield from self._flush(batch)
-                batch = []
-        if batch:
+        for batch in _chunks(works, self.stage.batch_size):
             yield from self._flush(batch)
 
     def _flush(self, batch) -> Iterator[tuple[Work, Output | str]]:
@@ -172,9 +166,10 @@ class ProcessExecutor:
             queue.put(d)
         pool = ProcessPoolExecutor(max_workers=self.n, mp_context=ctx, initializer=_init_process,
                                    initargs=(self.stage, queue, _cpu_threads(self.devices, self.n)))
+        pending: dict = {}
         try:
             with pool:
-                pending = {pool.submit(_run_remote, first): first}
+                pending[pool.submit(_run_remote, first)] = first
                 for chunk in it:
                     pending[pool.submit(_run_remote, chunk)] = chunk
                     if len(pending) >= 2 * self.n:
@@ -187,7 +182,7 @@ class ProcessExecutor:
                 f"with fewer workers (now {self.n}) to resume"
             ) from None
         except BaseException:  # Ctrl-C: do not start queued batches; finished images are kept
-            for fut in list(locals().get("pending", {})):
+            for fut in list(pending):
                 fut.cancel()
             raise
 
