@@ -49,41 +49,35 @@ def mask_fragment(ms: MaskSet, class_names: list[str], height: int, width: int) 
 
 
 def fragment_annotations(table: pa.Table) -> list[dict]:
-    """COCO annotations of rows of masks.parquet (``mask_id`` is the annotation ``id``): RLE
-    ``segmentation``, ``bbox`` as ``xywh`` (converted from the xyxy pixel edges, here and only here),
-    ``category_id = class_index + 1``, ``iscrowd`` 0, ``score`` rounded to 6 decimals, ``source``."""
-    d = table.select(["mask_id", "image_id", "class_index", "rle_size", "rle_counts", "area", "bbox_xyxy", "score",
-                      "source"]).to_pydict()
-    out = []
-    for i in range(table.num_rows):
-        x1, y1, x2, y2 = d["bbox_xyxy"][i]
-        out.append({
-            "id": d["mask_id"][i],
-            "image_id": d["image_id"][i],
-            "category_id": d["class_index"][i] + 1,
-            "segmentation": {"size": d["rle_size"][i], "counts": d["rle_counts"][i]},
-            "area": d["area"][i],
-            "bbox": [x1, y1, x2 - x1, y2 - y1],
-            "iscrowd": 0,
-            "score": round(d["score"][i], 6),
-            "source": d["source"][i],
-        })
-    return out
+    """COCO annotations (:func:`coco_annotation`) of rows of masks.parquet (``mask_id`` is the annotation
+    ``id``)."""
+    cols = ["mask_id", "image_id", "class_index", "rle_size", "rle_counts", "area", "bbox_xyxy", "score", "source"]
+    d = table.select(cols).to_pydict()
+    return [_annotation(*(d[c][i] for c in cols)) for i in range(table.num_rows)]
 
 
 def coco_annotation(ann_id: int, image_id: int, ms: MaskSet, i: int) -> dict:
-    """COCO annotation dict of mask ``i`` of ``ms`` (as :func:`fragment_annotations` writes it)."""
-    x1, y1, x2, y2 = (float(v) for v in ms.boxes[i])
+    """COCO annotation dict of mask ``i`` of ``ms`` (as :func:`fragment_annotations` writes its rows)."""
+    return _annotation(ann_id, image_id, int(ms.class_index[i]), list(map(int, ms.rles[i]["size"])),
+                       ms.rles[i]["counts"], int(ms.areas[i]), [float(v) for v in ms.boxes[i]], float(ms.scores[i]),
+                       ms.source[i])
+
+
+def _annotation(ann_id, image_id, class_index, size, counts, area, box_xyxy, score, source) -> dict:
+    """The one layout of a COCO annotation: RLE ``segmentation``, ``bbox`` as ``xywh`` (converted from the
+    xyxy pixel edges, here and only here), ``category_id = class_index + 1``, ``iscrowd`` 0, ``score``
+    rounded to 6 decimals, ``source``."""
+    x1, y1, x2, y2 = box_xyxy
     return {
         "id": ann_id,
         "image_id": image_id,
-        "category_id": int(ms.class_index[i]) + 1,
-        "segmentation": {"size": list(map(int, ms.rles[i]["size"])), "counts": ms.rles[i]["counts"]},
-        "area": int(ms.areas[i]),
+        "category_id": class_index + 1,
+        "segmentation": {"size": size, "counts": counts},
+        "area": area,
         "bbox": [x1, y1, x2 - x1, y2 - y1],
         "iscrowd": 0,
-        "score": round(float(ms.scores[i]), 6),
-        "source": ms.source[i],
+        "score": round(score, 6),
+        "source": source,
     }
 
 
