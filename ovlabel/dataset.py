@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ovlabel.artifacts import (
@@ -204,9 +203,9 @@ def quality_summary(layout: RunLayout) -> dict | None:
     if "quality" not in masks.schema_arrow.names:
         return None
     t = masks.read(columns=["image_id", "category", "area", "quality"])
-    m = read_parquet(layout.manifest, columns=["status", "quality"])
-    q = m.column("quality").filter(pc.equal(m.column("status"), "ok"))
-    known = q.drop_null().to_numpy().astype(np.float64)
+    m = read_parquet(layout.manifest, columns=["status", "quality"]).to_pydict()  # two columns, not every row
+    q = [v for s, v in zip(m["status"], m["quality"]) if s == "ok"]
+    known = np.array([v for v in q if v is not None], np.float64)
     images = {"labelled": len(q), "estimated": int(len(known))}
     if len(known):
         p10, p50, p90 = np.percentile(known, [10, 50, 90])
